@@ -1,0 +1,129 @@
+//! The builder's errors, with the hint and exit code each one calls for.
+
+use std::io;
+use std::path::PathBuf;
+
+use kubeferry_installer::arch::{Arch, ElfError};
+use kubeferry_installer::error::exit;
+use kubeferry_installer::keys::KeyError;
+
+/// Result alias for the builder.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong building or signing a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error on a named file.
+    #[error("could not {action} '{path}'")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Something in the rootfs that a bundle cannot carry.
+    #[error("cannot pack '{path}': {reason}")]
+    Unpackable {
+        /// The file in the rootfs.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A file changed while it was read.
+    #[error("'{path}' changed while it was being packed")]
+    Changed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// No stub for an architecture.
+    #[error("no installer stub for {arch} was found (looked in: {searched})")]
+    StubNotFound {
+        /// The architecture.
+        arch: Arch,
+        /// The places looked in.
+        searched: String,
+    },
+    /// A stub that is not a static executable for the target architecture.
+    #[error("the stub '{path}' cannot be used for {arch}: {reason}")]
+    BadStub {
+        /// The stub file.
+        path: PathBuf,
+        /// The target architecture.
+        arch: Arch,
+        /// Why.
+        reason: String,
+    },
+    /// A stub that is not an executable at all.
+    #[error("the stub '{path}' is not an executable kubeferry can use")]
+    StubNotElf {
+        /// The stub file.
+        path: PathBuf,
+        /// What the header says.
+        #[source]
+        source: ElfError,
+    },
+    /// A name or version that cannot be part of a file name.
+    #[error("{what} '{value}' may only hold letters, digits and . _ + -")]
+    BadName {
+        /// "name" or "version".
+        what: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// A bundle that is already signed.
+    #[error("'{path}' is already signed by {fingerprint}")]
+    AlreadySigned {
+        /// The bundle.
+        path: PathBuf,
+        /// The existing signer.
+        fingerprint: String,
+    },
+    /// A key file could not be used.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Reading or verifying a bundle failed.
+    #[error(transparent)]
+    Bundle(#[from] kubeferry_installer::Error),
+    /// Interrupted by a signal; the partial output was removed.
+    #[error("interrupted; the partial output was removed")]
+    Interrupted,
+}
+
+impl Error {
+    /// Wraps an I/O error with what was done and to which file.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { action, path, source }
+    }
+
+    /// The exit code this error calls for.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Bundle(e) => e.exit_code(),
+            Error::Interrupted => exit::INTERRUPTED,
+            _ => exit::FAILED,
+        }
+    }
+
+    /// What the user can do about it, when there is something.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::StubNotFound { arch, .. } => Some(format!(
+                "build the stub with 'packaging/build-stub.sh {arch}', or pass --stub {arch}=PATH"
+            )),
+            Error::BadStub { arch, .. } => Some(format!(
+                "pass a static kubeferry-stub built for {arch}: 'packaging/build-stub.sh {arch}' builds one"
+            )),
+            Error::StubNotElf { .. } => {
+                Some("pass the kubeferry-stub executable that 'packaging/build-stub.sh' builds".into())
+            }
+            Error::AlreadySigned { .. } => Some("pass --force to sign it again with another key".into()),
+            Error::Key(key) => key.hint(),
+            Error::Bundle(e) => e.hint(),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The build-host side of kubeferry: turns a cluster rootfs into one signed, self-extracting
+//! file per architecture.
+//!
+//! The pipeline, in the order data flows:
+//!
+//! 1. [`collect`]: walk the CloudRootfs, lay the target architecture's folder over the common
+//!    tree, normalise metadata, and read what the rootfs says of itself ([`collect::facts`]).
+//! 2. [`stub`]: find the static installer stub for the architecture and check its ELF header.
+//! 3. [`pack`]: write the stub, the payload in independently compressed chunks, the manifest,
+//!    the signature and the trailer in one pass, with `.sha256` and `.minisig` files beside.
+//! 4. [`sign`]: sign a bundle that was built unsigned, on the machine that holds the key.
+//!
+//! Libraries never print: progress goes through [`kubeferry_installer::progress::Reporter`].
+
+pub mod collect;
+pub mod error;
+pub mod pack;
+pub mod sign;
+pub mod stub;
+
+pub use error::{Error, Result};

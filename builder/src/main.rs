@@ -1,0 +1,335 @@
+//! `kubeferry`: builds, signs, inspects and verifies self-extracting Kubernetes bundles.
+//!
+//! Exit codes: 0 ok, 1 failed, 2 usage, 3 not trusted or corrupt, 130 interrupted.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use kubeferry_builder::pack::{self, Spec, sidecar};
+use kubeferry_builder::{Error, collect, sign, stub};
+use kubeferry_installer::arch::Arch;
+use kubeferry_installer::error::human_bytes;
+use kubeferry_installer::keys::{FileDigest, PublicKey, SecretKey};
+use kubeferry_installer::reader::Bundle;
+use kubeferry_installer::trust::Trust;
+use kubeferry_installer::{StreamOptions, extract};
+use kubeferry_term::{Terminal, print_error, render_entries, render_summary};
+
+/// Carries Kubernetes across the air gap: packs a cluster rootfs and an installer stub into
+/// one signed, self-extracting file per CPU architecture.
+#[derive(Debug, Parser)]
+#[command(name = "kubeferry", version)]
+#[command(after_help = "Exit codes: 0 ok, 1 failed, 2 usage, 3 not trusted or corrupt, 130 interrupted.")]
+struct Cli {
+    /// Print nothing but errors and the command's data.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a signing key pair: PREFIX.key (private, mode 0600) and PREFIX.pub, in the
+    /// minisign format.
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+    },
+    /// Build one NAME-VERSION-linux-ARCH.run per architecture from a CloudRootfs directory.
+    Build(BuildArgs),
+    /// Sign a bundle built with --unsigned (after checking every digest in it).
+    Sign {
+        /// The private key.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Sign again a bundle that is already signed.
+        #[arg(long)]
+        force: bool,
+        /// The bundle.
+        file: PathBuf,
+    },
+    /// Show what a bundle holds, from its manifest, without reading the payload.
+    Inspect {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The bundle.
+        file: PathBuf,
+    },
+    /// Check a bundle's signature and every byte of it, without running any of it; checks
+    /// FILE.minisig too when it is there.
+    Verify {
+        /// The public key to trust.
+        #[arg(long, value_name = "FILE", required_unless_present = "key_fingerprint")]
+        key: Vec<PathBuf>,
+        /// Trust the key with this fingerprint (SHA256:...).
+        #[arg(long, value_name = "FP")]
+        key_fingerprint: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The bundle.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct BuildArgs {
+    /// The CloudRootfs directory (bin/, cri/, etc/, images/, registry/, scripts/, manifests/,
+    /// and per-architecture folders such as amd64/ and arm64/).
+    rootfs: PathBuf,
+    /// Cluster image name, the first part of the file name.
+    #[arg(long)]
+    name: String,
+    /// Cluster image version.
+    #[arg(long)]
+    version: String,
+    /// Target architectures, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = host_arch())]
+    arch: Vec<Arch>,
+    /// The private key to sign with.
+    #[arg(long, value_name = "FILE", required_unless_present = "unsigned")]
+    key: Option<PathBuf>,
+    /// Build without signing; sign later with 'kubeferry sign'.
+    #[arg(long, conflicts_with = "key")]
+    unsigned: bool,
+    /// Output directory.
+    #[arg(long, short, value_name = "DIR", default_value = "dist")]
+    out: PathBuf,
+    /// The stub for an architecture, as ARCH=PATH (default: kubeferry-stub-ARCH beside
+    /// kubeferry, in ../lib/kubeferry, or in $KUBEFERRY_STUB_DIR).
+    #[arg(long, value_name = "ARCH=PATH", value_parser = parse_stub)]
+    stub: Vec<(Arch, PathBuf)>,
+    /// The Kubernetes version, when the rootfs's kubeadm configuration does not say it.
+    #[arg(long)]
+    kubernetes_version: Option<String>,
+    /// zstd compression level.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    level: i32,
+    /// Compression threads (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    jobs: usize,
+}
+
+const fn host_arch() -> &'static str {
+    if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" }
+}
+
+fn parse_stub(text: &str) -> Result<(Arch, PathBuf), String> {
+    let (arch, path) = text.split_once('=').ok_or("expected ARCH=PATH")?;
+    Ok((
+        arch.parse().map_err(|e: kubeferry_installer::arch::UnknownArch| e.to_string())?,
+        PathBuf::from(path),
+    ))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let term = Terminal::new(cli.quiet);
+    let (context, result) = match cli.command {
+        Command::Keygen { out } => ("could not create the key pair".to_string(), keygen(&out)),
+        Command::Build(args) => {
+            (format!("could not build from '{}'", args.rootfs.display()), build(&args, &term))
+        }
+        Command::Sign { key, force, file } => {
+            (format!("could not sign '{}'", file.display()), sign_file(&key, force, &file, &term))
+        }
+        Command::Inspect { json, file } => {
+            (format!("could not inspect '{}'", file.display()), inspect(&file, json))
+        }
+        Command::Verify { key, key_fingerprint, json, file } => {
+            let result = verify(&key, &key_fingerprint, &file, json, &term);
+            if json && let Err(e) = &result {
+                let value = serde_json::json!({
+                    "file": file, "verified": false, "error": error_chain(e), "exit_code": e.exit_code()
+                });
+                println!("{value}");
+            }
+            (format!("could not verify '{}'", file.display()), result)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            print_error(&context, &e, e.hint());
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        parts.push(c.to_string());
+        cause = c.source();
+    }
+    parts.join(": ")
+}
+
+fn keygen(prefix: &Path) -> Result<(), Error> {
+    let key = SecretKey::generate()?;
+    let secret = sidecar(prefix, "key");
+    let public = sidecar(prefix, "pub");
+    if public.exists() {
+        return Err(Error::io("create", &public)(std::io::Error::from(std::io::ErrorKind::AlreadyExists)));
+    }
+    key.write_new(&secret)?;
+    pack::write_atomic(&public, key.public_key().to_file_string().as_bytes())?;
+    eprintln!("wrote '{}' (private, 0600) and '{}'", secret.display(), public.display());
+    println!("{}", key.public_key().fingerprint());
+    Ok(())
+}
+
+fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
+    pack::check_name("name", &args.name)?;
+    pack::check_name("version", &args.version)?;
+    let key = args.key.as_deref().map(SecretKey::read).transpose()?;
+    let mtime = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let cancel = kubeferry_term::cancel_on_signal();
+    let mut arches = args.arch.clone();
+    arches.sort();
+    arches.dedup();
+    // Find every stub before packing anything, so a missing one fails fast.
+    let stubs = arches
+        .iter()
+        .map(|&arch| {
+            let given = args.stub.iter().rev().find(|(a, _)| *a == arch).map(|(_, p)| p.as_path());
+            stub::load(arch, given)
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    for (&arch, (stub_path, stub_bytes)) in arches.iter().zip(&stubs) {
+        let entries = collect::collect(&args.rootfs, arch)?;
+        let facts = collect::facts(&entries);
+        let spec = Spec {
+            name: args.name.clone(),
+            version: args.version.clone(),
+            arch,
+            kubernetes_version: args.kubernetes_version.clone().or(facts.kubernetes_version),
+            cri: facts.cri,
+            mtime,
+            level: args.level,
+            jobs: args.jobs,
+            cancel: Some(cancel.clone()),
+        };
+        term.say(&format!("building {} with stub '{}'", spec.file_name(), stub_path.display()));
+        let packed = pack::pack(stub_bytes, &entries, &spec, key.as_ref(), &args.out, term)?;
+        let m = &packed.manifest;
+        term.say(&format!(
+            "wrote '{}': {}, {} entries, {} unpacked, {}",
+            packed.path.display(),
+            human_bytes(packed.size),
+            m.entries.len(),
+            human_bytes(m.payload.unpacked_size),
+            match &m.signer {
+                Some(s) => format!("signed by {}", s.fingerprint),
+                None => "unsigned".to_string(),
+            }
+        ));
+        println!("{}", packed.path.display());
+    }
+    Ok(())
+}
+
+fn sign_file(key: &Path, force: bool, file: &Path, term: &Terminal) -> Result<(), Error> {
+    let key = SecretKey::read(key)?;
+    let packed = sign::sign(file, &key, force, term)?;
+    term.say(&format!("signed '{}' with {}", packed.path.display(), key.public_key().fingerprint()));
+    println!("{}", packed.path.display());
+    Ok(())
+}
+
+fn inspect(file: &Path, json: bool) -> Result<(), Error> {
+    let bundle = Bundle::open(file)?;
+    let manifest = bundle.manifest_unverified()?;
+    let size = bundle.trailer().file_len;
+    if json {
+        let t = bundle.trailer();
+        let value = serde_json::json!({
+            "file": file,
+            "size": size,
+            "verified": false,
+            "signed": bundle.signature().is_some(),
+            "signature_key": bundle.signature().map(|s| s.fingerprint().to_string()),
+            "trailer": {
+                "format_version": t.version,
+                "stub": [0, t.stub_len],
+                "payload": [t.payload_offset, t.payload_len],
+                "manifest": [t.manifest_offset, t.manifest_len],
+                "signature": [t.signature_offset, t.signature_len],
+            },
+            "manifest": manifest,
+        });
+        println!("{value:#}");
+    } else {
+        print!("{}", render_summary(file, size, &manifest, false));
+        println!();
+        print!("{}", render_entries(&manifest));
+    }
+    Ok(())
+}
+
+fn verify(
+    keys: &[PathBuf],
+    fingerprints: &[String],
+    file: &Path,
+    json: bool,
+    term: &Terminal,
+) -> Result<(), Error> {
+    let trust = Trust::from_sources(keys, fingerprints, false, false)?;
+    let bundle = Bundle::open(file)?;
+    let verified = bundle.authenticate(&trust)?;
+    let options =
+        StreamOptions { cancel: Some(kubeferry_term::cancel_on_signal()), ..StreamOptions::default() };
+    extract::verify(&bundle, &verified, &options, term)?;
+    let minisig_path = sidecar(file, "minisig");
+    let minisig = if minisig_path.exists() {
+        let text = std::fs::read_to_string(&minisig_path).map_err(Error::io("read", &minisig_path))?;
+        let digest = FileDigest::of_file(file)?;
+        // The authenticated manifest names the key id the minisign signature must carry.
+        let key_id = verified.manifest.signer.as_ref().and_then(|s| PublicKey::parse_key_id_hex(&s.key_id));
+        let (Some(section), Some(key_id)) = (bundle.signature(), key_id) else {
+            return Err(kubeferry_installer::Error::Unsigned.into());
+        };
+        let key = PublicKey::from_parts(key_id, section.public_key)?;
+        key.verify_minisig(&digest, &text)?;
+        "verified"
+    } else {
+        "absent"
+    };
+    let m = &verified.manifest;
+    let signer = m.signer.as_ref().map(|s| s.fingerprint.clone()).unwrap_or_default();
+    if json {
+        println!(
+            "{:#}",
+            serde_json::json!({
+                "file": file, "verified": true, "signer": signer, "name": m.name, "version": m.version,
+                "arch": m.arch, "size": bundle.trailer().file_len, "unpacked_size": m.payload.unpacked_size,
+                "entries": m.entries.len(), "minisig": minisig,
+            })
+        );
+    } else {
+        term.say(&format!(
+            "verified '{}': {} {} for {}, signed by {signer}, {} entries; minisig {minisig}",
+            file.display(),
+            m.name,
+            m.version,
+            m.arch,
+            m.entries.len()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,29 @@
+//! The target-host side of kubeferry: reads a bundle, proves it intact and signed by a
+//! trusted key, and unpacks it.
+//!
+//! The pipeline, in the order data flows:
+//!
+//! 1. [`reader`]: open the file and decode the fixed-size [`trailer`] at its end; read the
+//!    signature section and the [`manifest`] without touching the payload.
+//! 2. [`reader::Bundle::authenticate`]: check the ed25519 signature over the trailer and the
+//!    manifest against the host's [`trust`] ([`keys`]), then parse and validate the manifest.
+//! 3. [`extract::verify`] or [`extract::extract`]: one streaming pass that hashes the stub and
+//!    every payload chunk, unpacks the chunks in parallel and writes the files into a staging
+//!    directory, checking every digest, then renames the tree into place.
+//!
+//! Libraries never print: progress goes through [`progress::Reporter`].
+
+pub mod arch;
+pub mod error;
+pub mod extract;
+pub mod keys;
+pub mod manifest;
+pub mod pipeline;
+pub mod progress;
+pub mod reader;
+mod stream;
+pub mod trailer;
+pub mod trust;
+
+pub use error::{Error, Result};
+pub use stream::StreamOptions;

@@ -1,0 +1,598 @@
+//! The manifest: what a bundle holds, and the digest of every byte of it.
+//!
+//! It is JSON, stored between the payload and the signature, and can be read without reading
+//! the payload. The signature covers it; it covers the stub, every payload chunk and every file.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::arch::Arch;
+
+/// The manifest format version this code writes and reads.
+pub const MANIFEST_FORMAT: u32 = 1;
+/// The largest chunk, packed or unpacked, a reader accepts: bounds the memory of extraction.
+pub const MAX_CHUNK_LEN: u64 = 16 << 20;
+/// The longest path a bundle may hold.
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Everything known about a bundle without reading its payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// [`MANIFEST_FORMAT`].
+    pub format: u32,
+    /// Cluster image name, e.g. `edge`.
+    pub name: String,
+    /// Cluster image version, e.g. `v1.28.4`.
+    pub version: String,
+    /// Target architecture.
+    pub arch: Arch,
+    /// The Kubernetes version, when the rootfs says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
+    /// The container runtime the rootfs carries (`containerd`, `docker`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cri: Option<String>,
+    /// The program that built the bundle, e.g. `kubeferry 0.1.0`.
+    pub builder: String,
+    /// Modification time (seconds since the epoch) given to every extracted entry.
+    pub mtime: i64,
+    /// Owner (uid) and group (gid) of every extracted entry when extracting as root.
+    pub owner: Owner,
+    /// The key that signed the bundle, or none for an unsigned bundle.
+    pub signer: Option<Signer>,
+    /// The stub executable at the head of the file.
+    pub stub: Blob,
+    /// The compressed payload.
+    pub payload: Payload,
+    /// Every entry of the rootfs, sorted by path.
+    pub entries: Vec<Entry>,
+}
+
+/// Owner of extracted entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Owner {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// The signing key, as named in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signer {
+    /// `SHA256:...` of the public key.
+    pub fingerprint: String,
+    /// The minisign key id, as minisign prints it.
+    pub key_id: String,
+}
+
+/// A region of bytes named by size and digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Blob {
+    /// Length in bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes.
+    pub digest: Digest,
+}
+
+/// The payload: the content of every regular file, in payload order, cut into chunks that are
+/// compressed independently so that they can be checked and unpacked in parallel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payload {
+    /// Packed length: the sum of the chunks' sizes.
+    pub size: u64,
+    /// Unpacked length: the sum of the regular files' sizes.
+    pub unpacked_size: u64,
+    /// The chunks, in file order.
+    pub chunks: Vec<Chunk>,
+}
+
+/// One independently compressed piece of the payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chunk {
+    /// How the bytes are packed.
+    pub codec: Codec,
+    /// Packed length.
+    pub size: u64,
+    /// Unpacked length.
+    pub unpacked_size: u64,
+    /// SHA-256 of the packed bytes, checked before they are unpacked.
+    pub digest: Digest,
+}
+
+/// How a chunk is packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// One zstd frame.
+    Zstd,
+    /// Stored as is: data that is compressed already (layer blobs, tarballs).
+    Stored,
+}
+
+/// One entry of the rootfs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Entry {
+    /// A directory.
+    Dir {
+        /// Relative path, `/`-separated.
+        path: String,
+        /// Permission bits.
+        mode: Mode,
+    },
+    /// A regular file; its content is in the payload.
+    File {
+        /// Relative path.
+        path: String,
+        /// Permission bits.
+        mode: Mode,
+        /// Length in bytes.
+        size: u64,
+        /// SHA-256 of the content.
+        digest: Digest,
+        /// Whether the content is already compressed and stored as is; stored files follow
+        /// the others in payload order.
+        #[serde(default, skip_serializing_if = "is_false")]
+        stored: bool,
+    },
+    /// A symbolic link, relative and inside the rootfs.
+    Symlink {
+        /// Relative path.
+        path: String,
+        /// Link target, relative to the link's directory.
+        target: String,
+    },
+    /// A second name for an earlier regular file.
+    Hardlink {
+        /// Relative path.
+        path: String,
+        /// Path of the earlier regular file.
+        target: String,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Entry {
+    /// The entry's relative path.
+    pub fn path(&self) -> &str {
+        match self {
+            Entry::Dir { path, .. }
+            | Entry::File { path, .. }
+            | Entry::Symlink { path, .. }
+            | Entry::Hardlink { path, .. } => path,
+        }
+    }
+
+    /// A one-word name of the entry's type.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entry::Dir { .. } => "dir",
+            Entry::File { .. } => "file",
+            Entry::Symlink { .. } => "symlink",
+            Entry::Hardlink { .. } => "hardlink",
+        }
+    }
+}
+
+/// Unix permission bits, written in octal (`"0755"`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Mode(pub u32);
+
+impl fmt::Debug for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl Serialize for Mode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        u32::from_str_radix(&text, 8)
+            .map(Mode)
+            .map_err(|_| serde::de::Error::custom(format!("mode '{text}' is not octal")))
+    }
+}
+
+/// A SHA-256 digest, written `sha256:<hex>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest(Sha256::digest(bytes).into())
+    }
+
+    /// The digest a finished hasher holds.
+    pub fn from_hasher(hasher: Sha256) -> Digest {
+        Digest(hasher.finalize().into())
+    }
+
+    /// Lower-case hex without the algorithm prefix.
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses `sha256:<64 hex digits>`.
+    pub fn parse(text: &str) -> Option<Digest> {
+        let hex = text.strip_prefix("sha256:")?;
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Digest(out))
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Digest::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("'{text}' is not a sha256 digest")))
+    }
+}
+
+/// Why a manifest cannot be trusted to extract safely.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// An entry whose path or link target could lead outside the target directory, or that the
+    /// format does not allow.
+    #[error("unsafe entry '{path}': {reason}")]
+    UnsafeEntry {
+        /// The entry's path, as the manifest gives it.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Sizes, counts or versions that do not add up.
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+impl Manifest {
+    /// Serialises the manifest as it is stored in a bundle.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising plain data structures to a Vec cannot fail.
+        #[allow(clippy::expect_used)]
+        serde_json::to_vec(self).expect("a manifest always serialises")
+    }
+
+    /// The regular files in payload order: packed files first, then stored ones, each in
+    /// manifest order.
+    pub fn payload_files(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        let pass = |want_stored: bool| {
+            self.entries.iter().filter_map(move |e| match e {
+                Entry::File { path, size, stored, .. } if *stored == want_stored => {
+                    Some((path.as_str(), *size))
+                }
+                _ => None,
+            })
+        };
+        pass(false).chain(pass(true))
+    }
+
+    /// Checks everything a reader relies on before it writes a single byte: the format
+    /// version, that every path and link stays inside the target, that each parent is a
+    /// directory listed before its children, and that the chunk and file sizes add up.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let inconsistent = |m: String| Err(ManifestError::Inconsistent(m));
+        if self.format != MANIFEST_FORMAT {
+            return inconsistent(format!(
+                "manifest format {} is not supported (this kubeferry reads {MANIFEST_FORMAT})",
+                self.format
+            ));
+        }
+        let mut kinds: HashMap<&str, &Entry> = HashMap::with_capacity(self.entries.len());
+        let mut previous: Option<&str> = None;
+        for entry in &self.entries {
+            let path = entry.path();
+            let unsafe_entry = |reason: &str| ManifestError::UnsafeEntry {
+                path: path.to_string(),
+                reason: reason.to_string(),
+            };
+            let depth = check_relative_path(path).map_err(|r| unsafe_entry(&r))?;
+            if previous.is_some_and(|p| p >= path) {
+                return Err(unsafe_entry("entries are not sorted, or the path is listed twice"));
+            }
+            previous = Some(path);
+            if let Some((parent, _)) = path.rsplit_once('/') {
+                match kinds.get(parent) {
+                    Some(Entry::Dir { .. }) => {}
+                    Some(_) => return Err(unsafe_entry("its parent is not a directory")),
+                    None => return Err(unsafe_entry("its parent directory is not listed before it")),
+                }
+            }
+            match entry {
+                Entry::Dir { mode, .. } | Entry::File { mode, .. } if mode.0 & !0o777 != 0 => {
+                    return Err(unsafe_entry(&format!("mode {mode} has bits other than permissions")));
+                }
+                Entry::Symlink { target, .. } => {
+                    check_symlink_target(target, depth - 1).map_err(|r| unsafe_entry(&r))?;
+                }
+                Entry::Hardlink { target, .. } => match kinds.get(target.as_str()) {
+                    Some(Entry::File { .. }) => {}
+                    _ => return Err(unsafe_entry("a hard link must name a regular file listed before it")),
+                },
+                _ => {}
+            }
+            kinds.insert(path, entry);
+        }
+
+        let files: u64 = self.payload_files().map(|(_, size)| size).sum();
+        let (mut packed, mut unpacked) = (0u64, 0u64);
+        for (i, chunk) in self.payload.chunks.iter().enumerate() {
+            if chunk.size > MAX_CHUNK_LEN || chunk.unpacked_size > MAX_CHUNK_LEN {
+                return inconsistent(format!("payload chunk {i} is larger than {MAX_CHUNK_LEN} bytes"));
+            }
+            if chunk.codec == Codec::Stored && chunk.size != chunk.unpacked_size {
+                return inconsistent(format!("stored payload chunk {i} changes size"));
+            }
+            packed += chunk.size;
+            unpacked += chunk.unpacked_size;
+        }
+        if packed != self.payload.size || unpacked != self.payload.unpacked_size || unpacked != files {
+            return inconsistent(format!(
+                "payload sizes do not add up: chunks hold {packed} bytes packed and {unpacked} unpacked, \
+                 the manifest says {} and {}, and the files hold {files}",
+                self.payload.size, self.payload.unpacked_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a relative entry path and returns its depth (number of components).
+fn check_relative_path(path: &str) -> Result<usize, String> {
+    if path.is_empty() {
+        return Err("the path is empty".into());
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err(format!("the path is longer than {MAX_PATH_LEN} bytes"));
+    }
+    if path.starts_with('/') {
+        return Err("the path is absolute".into());
+    }
+    if path.contains('\0') {
+        return Err("the path contains a NUL byte".into());
+    }
+    let mut depth = 0;
+    for component in path.split('/') {
+        match component {
+            "" => return Err("the path has an empty component".into()),
+            "." | ".." => return Err(format!("the path has a '{component}' component")),
+            c if c.len() > 255 => return Err("a path component is longer than 255 bytes".into()),
+            _ => depth += 1,
+        }
+    }
+    Ok(depth)
+}
+
+/// Checks that a symlink at `path` pointing to `target` is one a bundle may hold.
+pub fn check_symlink(path: &str, target: &str) -> Result<(), ManifestError> {
+    let unsafe_entry = |reason: String| ManifestError::UnsafeEntry { path: path.to_string(), reason };
+    let depth = check_relative_path(path).map_err(unsafe_entry)?;
+    check_symlink_target(target, depth - 1).map_err(unsafe_entry)
+}
+
+/// Checks a symlink target: relative, with `..` only at its start and never climbing above
+/// the root from a directory `dir_depth` levels below it.
+fn check_symlink_target(target: &str, dir_depth: usize) -> Result<(), String> {
+    if target.is_empty() {
+        return Err("the link target is empty".into());
+    }
+    if target.starts_with('/') {
+        return Err(format!("the link target '{target}' is absolute"));
+    }
+    if target.contains('\0') || target.len() > MAX_PATH_LEN {
+        return Err("the link target is malformed".into());
+    }
+    let mut ups = 0;
+    let mut seen_name = false;
+    for component in target.split('/') {
+        match component {
+            ".." if !seen_name => ups += 1,
+            ".." => return Err(format!("the link target '{target}' has '..' after a name")),
+            "" | "." => return Err(format!("the link target '{target}' has an empty or '.' component")),
+            _ => seen_name = true,
+        }
+    }
+    if ups > dir_depth {
+        return Err(format!("the link target '{target}' points outside the bundle"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(path: &str) -> Entry {
+        Entry::Dir { path: path.into(), mode: Mode(0o755) }
+    }
+
+    fn file(path: &str, content: &[u8]) -> Entry {
+        Entry::File {
+            path: path.into(),
+            mode: Mode(0o644),
+            size: content.len() as u64,
+            digest: Digest::of(content),
+            stored: false,
+        }
+    }
+
+    fn manifest(entries: Vec<Entry>) -> Manifest {
+        let files: u64 =
+            entries.iter().map(|e| if let Entry::File { size, .. } = e { *size } else { 0 }).sum();
+        Manifest {
+            format: MANIFEST_FORMAT,
+            name: "t".into(),
+            version: "v1".into(),
+            arch: Arch::Amd64,
+            kubernetes_version: None,
+            cri: None,
+            builder: "test".into(),
+            mtime: 0,
+            owner: Owner { uid: 0, gid: 0 },
+            signer: None,
+            stub: Blob { size: 0, digest: Digest::of(b"") },
+            payload: Payload {
+                size: files,
+                unpacked_size: files,
+                chunks: vec![Chunk {
+                    codec: Codec::Stored,
+                    size: files,
+                    unpacked_size: files,
+                    digest: Digest::of(b""),
+                }],
+            },
+            entries,
+        }
+    }
+
+    fn reason(entries: Vec<Entry>) -> String {
+        manifest(entries).validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn accepts_a_normal_tree() {
+        let m = manifest(vec![
+            dir("bin"),
+            file("bin/kubeadm", b"elf"),
+            Entry::Hardlink { path: "bin/kubeadm2".into(), target: "bin/kubeadm".into() },
+            dir("etc"),
+            Entry::Symlink { path: "etc/tool".into(), target: "../bin/kubeadm".into() },
+            Entry::Symlink { path: "up".into(), target: "bin".into() },
+        ]);
+        assert_eq!(m.validate(), Ok(()));
+        let json = m.to_bytes();
+        let back: Manifest = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn rejects_paths_that_leave_the_target() {
+        assert_eq!(reason(vec![file("../x", b"")]), "unsafe entry '../x': the path has a '..' component");
+        assert_eq!(
+            reason(vec![file("/etc/passwd", b"")]),
+            "unsafe entry '/etc/passwd': the path is absolute"
+        );
+        assert_eq!(
+            reason(vec![dir("a"), file("a/./b", b"")]),
+            "unsafe entry 'a/./b': the path has a '.' component"
+        );
+        assert_eq!(reason(vec![file("a//b", b"")]), "unsafe entry 'a//b': the path has an empty component");
+        assert_eq!(
+            reason(vec![file("a/b", b"")]),
+            "unsafe entry 'a/b': its parent directory is not listed before it"
+        );
+        assert_eq!(
+            reason(vec![Entry::Symlink { path: "a".into(), target: "/etc".into() }, file("a/passwd", b"")]),
+            "unsafe entry 'a': the link target '/etc' is absolute"
+        );
+        assert_eq!(
+            reason(vec![Entry::Symlink { path: "a".into(), target: "b".into() }, file("a/passwd", b"")]),
+            "unsafe entry 'a/passwd': its parent is not a directory"
+        );
+        assert_eq!(
+            reason(vec![dir("a"), Entry::Symlink { path: "a/l".into(), target: "../..".into() }]),
+            "unsafe entry 'a/l': the link target '../..' points outside the bundle"
+        );
+        assert_eq!(
+            reason(vec![Entry::Symlink { path: "l".into(), target: "x/../../y".into() }]),
+            "unsafe entry 'l': the link target 'x/../../y' has '..' after a name"
+        );
+        assert_eq!(
+            reason(vec![Entry::Hardlink { path: "h".into(), target: "/etc/shadow".into() }]),
+            "unsafe entry 'h': a hard link must name a regular file listed before it"
+        );
+        assert_eq!(
+            reason(vec![file("b", b""), file("a", b"")]),
+            "unsafe entry 'a': entries are not sorted, or the path is listed twice"
+        );
+        assert_eq!(
+            reason(vec![Entry::File {
+                path: "s".into(),
+                mode: Mode(0o4755),
+                size: 0,
+                digest: Digest::of(b""),
+                stored: false
+            }]),
+            "unsafe entry 's': mode 4755 has bits other than permissions"
+        );
+    }
+
+    #[test]
+    fn sizes_must_add_up() {
+        let mut m = manifest(vec![file("a", b"abc")]);
+        m.payload.chunks[0].unpacked_size = 2;
+        m.payload.chunks[0].size = 2;
+        m.payload.size = 2;
+        m.payload.unpacked_size = 2;
+        assert!(m.validate().unwrap_err().to_string().starts_with("payload sizes do not add up"));
+    }
+
+    #[test]
+    fn payload_order_puts_stored_files_last() {
+        let mut m = manifest(vec![file("a", b"1"), file("b", b"22"), file("c", b"333")]);
+        if let Entry::File { stored, .. } = &mut m.entries[0] {
+            *stored = true;
+        }
+        let order: Vec<_> = m.payload_files().collect();
+        assert_eq!(order, vec![("b", 2), ("c", 3), ("a", 1)]);
+    }
+
+    #[test]
+    fn digests_and_modes_round_trip() {
+        let d = Digest::of(b"abc");
+        assert_eq!(d.to_string(), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(Digest::parse(&d.to_string()), Some(d));
+        assert_eq!(Digest::parse("sha256:zz"), None);
+        assert_eq!(serde_json::to_string(&Mode(0o755)).unwrap(), "\"0755\"");
+    }
+}

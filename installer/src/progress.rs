@@ -1,0 +1,19 @@
+//! How long-running work reports progress without printing: the binaries decide how to show it.
+
+/// Receives progress from long-running work. Every method has a do-nothing default.
+pub trait Reporter: Send + Sync {
+    /// A step starts; `total` is its size in bytes (0 when unknown).
+    fn begin(&self, _step: &str, _total: u64) {}
+    /// `bytes` more of the current step are done.
+    fn advance(&self, _bytes: u64) {}
+    /// The current step is finished.
+    fn end(&self) {}
+    /// Something the user should know that does not stop the work.
+    fn warn(&self, _message: &str) {}
+}
+
+/// A reporter that shows nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Silent;
+
+impl Reporter for Silent {}

@@ -1,0 +1,215 @@
+//! The terminal front end shared by `kubeferry` and the installer stub: progress on stderr
+//! (bars on a terminal, one plain line per step otherwise), the one error renderer
+//! (`error:` / `caused by:` / `hint:`), and Ctrl-C handling that lets work clean up.
+
+use std::error::Error as StdError;
+use std::io::IsTerminal;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kubeferry_installer::error::human_bytes;
+use kubeferry_installer::progress::Reporter;
+
+/// Shows progress on stderr.
+#[derive(Debug)]
+pub struct Terminal {
+    quiet: bool,
+    bars: bool,
+    state: Mutex<Option<Step>>,
+}
+
+#[derive(Debug)]
+struct Step {
+    name: String,
+    total: u64,
+    started: Instant,
+    bar: Option<ProgressBar>,
+}
+
+impl Terminal {
+    /// A reporter: bars when stderr is a terminal, plain lines otherwise, nothing when quiet.
+    pub fn new(quiet: bool) -> Self {
+        Terminal { quiet, bars: std::io::stderr().is_terminal(), state: Mutex::new(None) }
+    }
+
+    /// Prints a line to stderr unless quiet.
+    pub fn say(&self, line: &str) {
+        if !self.quiet {
+            eprintln!("{line}");
+        }
+    }
+}
+
+impl Reporter for Terminal {
+    fn begin(&self, step: &str, total: u64) {
+        if self.quiet {
+            return;
+        }
+        let bar = if self.bars {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template(
+                "{msg:>8} [{bar:32}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_message(step.to_string());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            Some(bar)
+        } else {
+            eprintln!("{step}: {} ...", human_bytes(total));
+            None
+        };
+        if let Ok(mut state) = self.state.lock() {
+            *state = Some(Step { name: step.to_string(), total, started: Instant::now(), bar });
+        }
+    }
+
+    fn advance(&self, bytes: u64) {
+        if let Ok(state) = self.state.lock()
+            && let Some(bar) = state.as_ref().and_then(|s| s.bar.as_ref())
+        {
+            bar.inc(bytes);
+        }
+    }
+
+    fn end(&self) {
+        let Some(step) = self.state.lock().ok().and_then(|mut s| s.take()) else { return };
+        if let Some(bar) = step.bar {
+            bar.finish_and_clear();
+        }
+        let secs = step.started.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 { (step.total as f64 / secs) as u64 } else { 0 };
+        eprintln!("{}: {} in {secs:.1}s ({}/s)", step.name, human_bytes(step.total), human_bytes(rate));
+    }
+
+    fn warn(&self, message: &str) {
+        eprintln!("warning: {message}");
+    }
+}
+
+/// Prints an error the one way kubeferry prints errors:
+///
+/// ```text
+/// error: could not verify 'edge-v1.28.4-linux-amd64.run'
+///   caused by: signature was made by key SHA256:... which is not trusted on this host
+///
+/// hint: pass --trusted-key FILE, ...
+/// ```
+pub fn print_error(context: &str, error: &(dyn StdError + 'static), hint: Option<String>) {
+    eprintln!("{}", render_error(context, error, hint));
+}
+
+/// The text [`print_error`] prints.
+pub fn render_error(context: &str, error: &(dyn StdError + 'static), hint: Option<String>) -> String {
+    let mut out = format!("error: {context}");
+    let mut cause: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = cause {
+        out.push_str(&format!("\n  caused by: {e}"));
+        cause = e.source();
+    }
+    if let Some(hint) = hint {
+        out.push_str(&format!("\n\nhint: {hint}"));
+    }
+    out
+}
+
+/// Installs a handler for SIGINT, SIGTERM and SIGHUP that sets the returned flag, so that
+/// long work stops at its next check and removes what it half-wrote. A second signal exits
+/// at once.
+pub fn cancel_on_signal() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&flag);
+    let _ = ctrlc::set_handler(move || {
+        if seen.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(kubeferry_installer::error::exit::INTERRUPTED);
+        }
+    });
+    flag
+}
+
+/// The summary `kubeferry inspect` and the stub print: what the manifest says of the bundle.
+pub fn render_summary(
+    file: &std::path::Path,
+    size: u64,
+    manifest: &kubeferry_installer::manifest::Manifest,
+    checked: bool,
+) -> String {
+    use kubeferry_installer::manifest::Entry;
+    let count = |kind: &str| manifest.entries.iter().filter(|e| e.kind() == kind).count();
+    let signer = match &manifest.signer {
+        Some(s) => format!("{} (minisign key id {})", s.fingerprint, s.key_id),
+        None => "nobody (unsigned)".into(),
+    };
+    let ratio = if manifest.payload.size > 0 {
+        manifest.payload.unpacked_size as f64 / manifest.payload.size as f64
+    } else {
+        1.0
+    };
+    let stored = manifest
+        .payload
+        .chunks
+        .iter()
+        .filter(|c| c.codec == kubeferry_installer::manifest::Codec::Stored)
+        .count();
+    let files_bytes: u64 =
+        manifest.entries.iter().map(|e| if let Entry::File { size, .. } = e { *size } else { 0 }).sum();
+    let lines = [
+        ("file", format!("{} ({})", file.display(), human_bytes(size))),
+        ("name", manifest.name.clone()),
+        ("version", manifest.version.clone()),
+        ("arch", manifest.arch.to_string()),
+        ("kubernetes", manifest.kubernetes_version.clone().unwrap_or_else(|| "unknown".into())),
+        ("cri", manifest.cri.clone().unwrap_or_else(|| "unknown".into())),
+        ("builder", manifest.builder.clone()),
+        ("signed by", signer),
+        ("stub", format!("{} {}", human_bytes(manifest.stub.size), manifest.stub.digest)),
+        (
+            "payload",
+            format!(
+                "{} packed, {} unpacked ({ratio:.2}x), {} chunks ({stored} stored as is)",
+                human_bytes(manifest.payload.size),
+                human_bytes(files_bytes),
+                manifest.payload.chunks.len()
+            ),
+        ),
+        (
+            "entries",
+            format!(
+                "{} ({} dirs, {} files, {} symlinks, {} hard links)",
+                manifest.entries.len(),
+                count("dir"),
+                count("file"),
+                count("symlink"),
+                count("hardlink")
+            ),
+        ),
+        (
+            "checked",
+            if checked {
+                "signature and every digest verified".into()
+            } else {
+                "no: this is what the file claims; run 'verify' to check it".into()
+            },
+        ),
+    ];
+    lines.iter().map(|(k, v)| format!("{:<11} {v}\n", format!("{k}:"))).collect()
+}
+
+/// The file list `kubeferry inspect` and the stub's `list` print.
+pub fn render_entries(manifest: &kubeferry_installer::manifest::Manifest) -> String {
+    use kubeferry_installer::manifest::Entry;
+    let mut out = format!("{:<8} {:>4} {:>10}  {}\n", "TYPE", "MODE", "SIZE", "PATH");
+    for entry in &manifest.entries {
+        let (mode, size, suffix) = match entry {
+            Entry::Dir { mode, .. } => (mode.to_string(), "-".to_string(), String::new()),
+            Entry::File { mode, size, .. } => (mode.to_string(), human_bytes(*size), String::new()),
+            Entry::Symlink { target, .. } => ("-".into(), "-".into(), format!(" -> {target}")),
+            Entry::Hardlink { target, .. } => ("-".into(), "-".into(), format!(" => {target}")),
+        };
+        out.push_str(&format!("{:<8} {mode:>4} {size:>10}  {}{suffix}\n", entry.kind(), entry.path()));
+    }
+    out
+}

@@ -1,0 +1,252 @@
+//! The installer stub: the static executable at the head of every kubeferry bundle. It reads
+//! the bundle it is part of (`/proc/self/exe`), proves it intact and signed by a trusted key,
+//! and unpacks or installs it.
+//!
+//! Exit codes: 0 ok, 1 failed, 2 usage, 3 not trusted or corrupt, 4 host refused,
+//! 130 interrupted.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use kubeferry_installer::StreamOptions;
+use kubeferry_installer::arch::Arch;
+use kubeferry_installer::error::{Error, human_bytes};
+use kubeferry_installer::extract::{self, ExtractOptions};
+use kubeferry_installer::progress::Reporter;
+use kubeferry_installer::reader::{Authenticity, Bundle, Verified};
+use kubeferry_installer::trust::{TRUSTED_KEYS_DIR, Trust};
+use kubeferry_term::{Terminal, print_error, render_entries, render_summary};
+
+/// A self-extracting kubeferry bundle: Kubernetes for a host with no network.
+#[derive(Debug, Parser)]
+#[command(name = "bundle.run", version, disable_help_subcommand = true)]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 failed, 2 usage, 3 not trusted or corrupt, 4 host refused, 130 interrupted."
+)]
+struct Cli {
+    /// Print nothing but errors and the command's data.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Read this bundle instead of the running file.
+    #[arg(long, global = true, hide = true, value_name = "FILE")]
+    bundle: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the signature and every byte of this file.
+    Verify {
+        #[command(flatten)]
+        trust: TrustArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the files this bundle holds.
+    List {
+        #[command(flatten)]
+        trust: TrustArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify, then unpack the rootfs into a directory (created; must be empty or absent).
+    Extract {
+        /// The directory to unpack into.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Replace the directory if it is not empty.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Verify, check this host, unpack and install Kubernetes.
+    Install {
+        /// Where the rootfs is unpacked (default /var/lib/kubeferry/NAME/rootfs).
+        #[arg(long, value_name = "DIR")]
+        rootfs_dir: Option<PathBuf>,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+}
+
+/// Which key the bundle must be signed by.
+#[derive(Debug, Args)]
+struct TrustArgs {
+    /// Trust the public key in FILE (minisign format). May be repeated.
+    #[arg(long, value_name = "FILE")]
+    trusted_key: Vec<PathBuf>,
+    /// Trust the key with this fingerprint (SHA256:...), checked with the publisher.
+    #[arg(long, value_name = "FP")]
+    key_fingerprint: Vec<String>,
+    /// Skip the signature check. Only the digests are checked: anyone could have made this file.
+    #[arg(long)]
+    insecure_skip_verify: bool,
+}
+
+impl TrustArgs {
+    fn trust(&self) -> Result<Trust, Error> {
+        Trust::from_sources(&self.trusted_key, &self.key_fingerprint, true, self.insecure_skip_verify)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let term = Terminal::new(cli.quiet);
+    let file = cli.bundle.clone().unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+    let shown = shown_name(&file);
+    let (context, result) = match &cli.command {
+        None => (format!("could not read '{shown}'"), summary(&file, &shown)),
+        Some(Command::Verify { trust, json }) => {
+            let result = verify(&file, &shown, trust, *json, &term);
+            if let (true, Err(e)) = (*json, &result) {
+                println!(
+                    "{}",
+                    serde_json::json!({"file": shown, "verified": false, "error": e.to_string(), "exit_code": e.exit_code()})
+                );
+            }
+            (format!("could not verify '{shown}'"), result)
+        }
+        Some(Command::List { trust, json }) => {
+            (format!("could not list '{shown}'"), list(&file, trust, *json, &term))
+        }
+        Some(Command::Extract { to, force, trust }) => {
+            (format!("could not extract '{shown}'"), extract_to(&file, to, *force, trust, &term))
+        }
+        Some(Command::Install { rootfs_dir, trust }) => {
+            (format!("could not install '{shown}'"), install(&file, rootfs_dir.as_deref(), trust, &term))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            print_error(&context, &e, e.hint());
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+        }
+    }
+}
+
+/// The name the user ran, for messages: the bundle's file name rather than /proc/self/exe.
+fn shown_name(file: &Path) -> String {
+    let resolved = std::fs::read_link(file).unwrap_or_else(|_| file.to_path_buf());
+    resolved
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.display().to_string())
+}
+
+/// Opens and authenticates the bundle, warning when the check was skipped.
+fn open_verified(file: &Path, trust: &Trust, term: &Terminal) -> Result<(Bundle, Verified), Error> {
+    let bundle = Bundle::open(file)?;
+    let verified = bundle.authenticate(trust)?;
+    if verified.authenticity == Authenticity::Unchecked {
+        term.warn("--insecure-skip-verify: the signature was NOT checked; anyone could have made this file");
+    }
+    Ok((bundle, verified))
+}
+
+fn stream_options() -> StreamOptions {
+    StreamOptions { cancel: Some(kubeferry_term::cancel_on_signal()), ..StreamOptions::default() }
+}
+
+fn summary(file: &Path, shown: &str) -> Result<(), Error> {
+    let bundle = Bundle::open(file)?;
+    let manifest = bundle.manifest_unverified()?;
+    print!("{}", render_summary(Path::new(shown), bundle.trailer().file_len, &manifest, false));
+    println!(
+        "\nUsage: ./{shown} COMMAND\n\n\
+         Commands:\n  \
+         verify   check the signature and every byte of this file\n  \
+         list     list the files this bundle holds\n  \
+         extract  verify, then unpack the rootfs into a directory\n  \
+         install  verify, check this host, unpack and install Kubernetes\n\n\
+         Trust: --trusted-key FILE, --key-fingerprint SHA256:..., or keys in {TRUSTED_KEYS_DIR}/\n\
+         Run './{shown} COMMAND --help' for a command's options."
+    );
+    Ok(())
+}
+
+fn verify(file: &Path, shown: &str, trust: &TrustArgs, json: bool, term: &Terminal) -> Result<(), Error> {
+    let (bundle, verified) = open_verified(file, &trust.trust()?, term)?;
+    extract::verify(&bundle, &verified, &stream_options(), term)?;
+    let m = &verified.manifest;
+    let signer = match &verified.authenticity {
+        Authenticity::Signed(fp) => fp.to_string(),
+        Authenticity::Unchecked => "not checked".into(),
+    };
+    if json {
+        println!(
+            "{:#}",
+            serde_json::json!({"file": shown, "verified": true, "signer": signer, "name": m.name,
+                "version": m.version, "arch": m.arch, "size": bundle.trailer().file_len,
+                "unpacked_size": m.payload.unpacked_size, "entries": m.entries.len()})
+        );
+    } else {
+        term.say(&format!("verified '{shown}': {} {} for {}, signed by {signer}", m.name, m.version, m.arch));
+    }
+    Ok(())
+}
+
+fn list(file: &Path, trust: &TrustArgs, json: bool, term: &Terminal) -> Result<(), Error> {
+    let bundle = Bundle::open(file)?;
+    let trust = trust.trust()?;
+    let manifest = if trust.is_empty() {
+        term.warn("no trusted key given: this lists what the file claims, unverified");
+        bundle.manifest_unverified()?
+    } else {
+        open_verified(file, &trust, term)?.1.manifest
+    };
+    if json {
+        println!("{:#}", serde_json::json!(manifest.entries));
+    } else {
+        print!("{}", render_entries(&manifest));
+    }
+    Ok(())
+}
+
+fn extract_to(file: &Path, to: &Path, force: bool, trust: &TrustArgs, term: &Terminal) -> Result<(), Error> {
+    let (bundle, verified) = open_verified(file, &trust.trust()?, term)?;
+    let options = ExtractOptions { replace: force, skip_space_check: false, stream: stream_options() };
+    let summary = extract::extract(&bundle, &verified, to, &options, term)?;
+    term.say(&format!(
+        "extracted {} entries ({}) into '{}'",
+        summary.entries,
+        human_bytes(summary.bytes),
+        to.display()
+    ));
+    Ok(())
+}
+
+fn install(file: &Path, rootfs_dir: Option<&Path>, trust: &TrustArgs, term: &Terminal) -> Result<(), Error> {
+    let (bundle, verified) = open_verified(file, &trust.trust()?, term)?;
+    let m = &verified.manifest;
+    if let Some(host) = Arch::host()
+        && host != m.arch
+    {
+        return Err(Error::WrongArch {
+            bundle: m.arch,
+            wanted: host,
+            instead: Some(format!("{}-{}-linux-{host}.run", m.name, m.version)),
+        });
+    }
+    let target = rootfs_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new("/var/lib/kubeferry").join(&m.name).join("rootfs"));
+    let options = ExtractOptions { replace: true, skip_space_check: false, stream: stream_options() };
+    extract::extract(&bundle, &verified, &target, &options, term)?;
+    Err(Error::InstallUnavailable { rootfs: target })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}
