@@ -86,21 +86,27 @@ pub(crate) fn run(
     outcome
 }
 
-/// Hashes the stub and checks that it is an executable for the manifest's architecture.
+/// Checks that the stub is an executable for the manifest's architecture (so a stub swapped
+/// for another architecture's is named as such), then hashes it.
 fn check_stub(bundle: &Bundle, manifest: &Manifest) -> Result<()> {
     let len = bundle.trailer().stub_len;
-    let file = bundle.file();
-    let path = bundle.path();
+    let (file, path) = (bundle.file(), bundle.path());
+    let mut head = [0u8; ELF_HEADER_PREFIX];
+    let head_len = (len as usize).min(ELF_HEADER_PREFIX);
+    file.read_exact_at(&mut head[..head_len], 0).map_err(Error::io("read", path))?;
+    match Arch::of_elf(&head[..head_len]) {
+        Ok(arch) if arch == manifest.arch => {}
+        Ok(other) => {
+            return Err(Error::StubArch { arch: manifest.arch, source: StubArchError::Other(other) });
+        }
+        Err(e) => return Err(Error::StubArch { arch: manifest.arch, source: e.into() }),
+    }
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; READ_BUF];
-    let mut head = Vec::new();
     let mut offset = 0u64;
     while offset < len {
         let n = (len - offset).min(READ_BUF as u64) as usize;
         file.read_exact_at(&mut buf[..n], offset).map_err(Error::io("read", path))?;
-        if head.len() < ELF_HEADER_PREFIX {
-            head.extend_from_slice(&buf[..n.min(ELF_HEADER_PREFIX)]);
-        }
         hasher.update(&buf[..n]);
         offset += n as u64;
     }
@@ -112,11 +118,7 @@ fn check_stub(bundle: &Bundle, manifest: &Manifest) -> Result<()> {
             found: found.to_string(),
         });
     }
-    match Arch::of_elf(&head) {
-        Ok(arch) if arch == manifest.arch => Ok(()),
-        Ok(other) => Err(Error::StubArch { arch: manifest.arch, source: StubArchError::Other(other) }),
-        Err(e) => Err(Error::StubArch { arch: manifest.arch, source: e.into() }),
-    }
+    Ok(())
 }
 
 /// A worker's job: checks a chunk's digest, then unpacks it when asked. Returns the packed

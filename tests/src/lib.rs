@@ -1,1 +1,208 @@
-//! test support
+//! Support for the workspace integration tests: the real `kubeferry` binary and the real
+//! static stub, built on first use; fixture rootfs trees; keys; and a way to compare trees.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn must(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("could not run {what}: {e}"));
+    assert!(out.status.success(), "{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// The `kubeferry` binary, built once per test process.
+pub fn kubeferry_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        must(
+            cargo().args(["build", "--quiet", "-p", "kubeferry-builder", "--bin", "kubeferry"]),
+            "cargo build",
+        );
+        root().join("target/debug/kubeferry")
+    })
+}
+
+/// The static stub for amd64, built once per test process by `packaging/build-stub.sh`.
+pub fn stub_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        must(Command::new(root().join("packaging/build-stub.sh")).arg("amd64"), "packaging/build-stub.sh");
+        root().join("target/stubs/kubeferry-stub-amd64")
+    })
+}
+
+/// A `kubeferry` command with the stub passed explicitly.
+pub fn kubeferry() -> Command {
+    let mut cmd = Command::new(kubeferry_bin());
+    cmd.env("SOURCE_DATE_EPOCH", "1700000000").env_remove("KUBEFERRY_STUB_DIR");
+    cmd
+}
+
+/// Runs a command and returns (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("the command runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a command that must succeed and returns its stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let (code, stdout, stderr) = run(cmd);
+    assert_eq!(code, 0, "command failed: {cmd:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
+}
+
+/// A key pair made by `kubeferry keygen` in `dir`: (private, public).
+pub fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let prefix = dir.join(name);
+    ok(kubeferry().arg("keygen").arg("--out").arg(&prefix));
+    (dir.join(format!("{name}.key")), dir.join(format!("{name}.pub")))
+}
+
+/// Writes a file, creating its parents.
+pub fn write(path: &Path, bytes: impl AsRef<[u8]>) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, bytes).unwrap();
+}
+
+/// Deterministic pseudo-random bytes (xorshift), incompressible enough for zstd.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A CloudRootfs tree like a real cluster image's, with real executables, a gzip'd runtime
+/// tarball, registry blobs, YAML, scripts, links, and amd64/arm64 overlay folders.
+pub fn fixture_rootfs(dir: &Path) -> PathBuf {
+    let r = dir.join("rootfs");
+    for bin in ["/usr/bin/env", "/usr/bin/true"] {
+        let name = Path::new(bin).file_name().unwrap();
+        write(&r.join("bin").join(name), fs::read(bin).unwrap());
+        fs::set_permissions(r.join("bin").join(name), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // A tarball in cri/, made by the real tar and gzip.
+    fs::create_dir_all(r.join("cri")).unwrap();
+    let stage = dir.join("cri-stage");
+    write(&stage.join("bin/containerd"), noise(300_000, 7));
+    write(&stage.join("bin/runc"), noise(100_000, 8));
+    must(
+        Command::new("tar").arg("-czf").arg(r.join("cri/containerd.tar.gz")).arg("-C").arg(&stage).arg("bin"),
+        "tar",
+    );
+    write(
+        &r.join("etc/kubeadm.yml"),
+        "apiVersion: kubeadm.k8s.io/v1beta2\nkind: InitConfiguration\n---\n\
+         apiVersion: kubeadm.k8s.io/v1beta2\nkind: ClusterConfiguration\nkubernetesVersion: v1.20.2\n\
+         imageRepository: sea.hub:5000\n",
+    );
+    write(
+        &r.join("etc/registry_config.yml"),
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\n",
+    );
+    write(&r.join("scripts/init.sh"), "#!/bin/bash\nset -e\necho init\n");
+    fs::set_permissions(r.join("scripts/init.sh"), fs::Permissions::from_mode(0o775)).unwrap();
+    write(&r.join("manifests/imageList"), "# images\nsea.hub:5000/pause:3.2\n");
+    write(&r.join("statics/empty"), "");
+    fs::create_dir_all(r.join("charts")).unwrap();
+    let blobs = r.join("registry/docker/registry/v2/blobs/sha256");
+    let layer = gzip(&noise(200_000, 9));
+    write(&blobs.join("ab/abcdef/data"), &layer);
+    write(&blobs.join("cd/cdef01/data"), "{\"schemaVersion\":2}");
+    write(
+        &r.join("registry/docker/registry/v2/repositories/pause/_layers/sha256/abcdef/link"),
+        "sha256:abcdef",
+    );
+    std::os::unix::fs::symlink("../bin/env", r.join("scripts/env")).unwrap();
+    std::os::unix::fs::symlink("init.sh", r.join("scripts/init")).unwrap();
+    fs::hard_link(r.join("bin/true"), r.join("bin/true-again")).unwrap();
+    write(&r.join("amd64/bin/arch-tool"), "amd64 tool");
+    write(&r.join("arm64/bin/arch-tool"), "arm64 tool");
+    write(&r.join("amd64/etc/kubeadm.yml"), fs::read(r.join("etc/kubeadm.yml")).unwrap());
+    r
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("gzip")
+        .arg("-1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out.stdout
+}
+
+/// What a tree holds, for comparing two trees: path → description (type, mode, content
+/// digest or link target, and which paths share an inode).
+pub fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, String> = BTreeMap::new();
+    walk(dir, dir, &mut out, &mut inodes);
+    out
+}
+
+fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>, inodes: &mut BTreeMap<u64, String>) {
+    let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for path in entries {
+        let rel = path.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o7777;
+        let desc = if meta.is_dir() {
+            walk(base, &path, out, inodes);
+            format!("dir {mode:o}")
+        } else if meta.file_type().is_symlink() {
+            format!("symlink -> {}", fs::read_link(&path).unwrap().display())
+        } else {
+            let digest = kubeferry_installer::manifest::Digest::of(&fs::read(&path).unwrap());
+            let shared = match inodes.get(&meta.ino()) {
+                Some(first) => format!(" (same inode as {first})"),
+                None => {
+                    inodes.insert(meta.ino(), rel.clone());
+                    String::new()
+                }
+            };
+            format!("file {mode:o} {digest}{shared}")
+        };
+        out.insert(rel, desc);
+    }
+}
+
+/// The names in a directory, sorted: to check that nothing was left behind.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
