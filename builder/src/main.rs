@@ -109,7 +109,7 @@ struct BuildArgs {
     /// zstd compression level.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     level: i32,
-    /// Compression threads (default: one per core).
+    /// Compression threads (default: one per core, at most 4).
     #[arg(long, default_value_t = 0)]
     jobs: usize,
 }
@@ -127,6 +127,7 @@ fn parse_stub(text: &str) -> Result<(Arch, PathBuf), String> {
 }
 
 fn main() -> ExitCode {
+    kubeferry_term::tune_allocator();
     let cli = Cli::parse();
     let term = Terminal::new(cli.quiet);
     let (context, result) = match cli.command {

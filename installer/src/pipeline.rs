@@ -15,9 +15,13 @@ pub fn in_flight(workers: usize) -> usize {
     2 * workers + 1
 }
 
-/// One worker per core.
+/// The most workers used unless asked for more: with [`in_flight`] items of at most a few MiB
+/// each, this keeps peak memory under 64 MiB on any host.
+pub const MAX_DEFAULT_WORKERS: usize = 4;
+
+/// One worker per core, at most [`MAX_DEFAULT_WORKERS`].
 pub fn default_workers() -> usize {
-    thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(MAX_DEFAULT_WORKERS)
 }
 
 /// Runs `work` on every item `produce` yields (until it yields `None`) on `workers` threads,

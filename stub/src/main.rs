@@ -95,6 +95,7 @@ impl TrustArgs {
 }
 
 fn main() -> ExitCode {
+    kubeferry_term::tune_allocator();
     let cli = Cli::parse();
     let term = Terminal::new(cli.quiet);
     let file = cli.bundle.clone().unwrap_or_else(|| PathBuf::from("/proc/self/exe"));

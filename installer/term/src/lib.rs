@@ -116,6 +116,24 @@ pub fn render_error(context: &str, error: &(dyn StdError + 'static), hint: Optio
     out
 }
 
+/// Bytes above which glibc's allocator maps memory of its own and returns it when freed.
+const MMAP_THRESHOLD: i32 = 256 << 10;
+
+/// Keeps peak memory bounded by what the pipeline holds. glibc raises its mmap threshold each
+/// time a large block is freed, after which the 4 MiB chunk buffers come from per-thread heap
+/// arenas that keep freed memory resident: measured, that doubles the peak RSS of an
+/// extraction (51 MiB instead of 23 MiB). A fixed threshold turns the adjustment off. Call it
+/// first thing in `main`, before any thread starts.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: mallopt only sets a tunable of glibc's allocator; it is called before any other
+    // thread exists, and M_MMAP_THRESHOLD with a value in range has no other effect.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
 /// Installs a handler for SIGINT, SIGTERM and SIGHUP that sets the returned flag, so that
 /// long work stops at its next check and removes what it half-wrote. A second signal exits
 /// at once.
