@@ -157,7 +157,7 @@ while (( lib_left > 0 && tries < 10000 )); do
   tries=$(( tries + 1 ))
   ri "${#ELF_F[@]}"
   src="${ELF_F[R]}"
-  name="$(basename "$src")"
+  name="${src##*/}"
   case "$name" in lib*.so*) ;; *) continue ;; esac
   [ -e "$root/lib64/$name" ] && continue
   bytes=${ELF_S[R]}
@@ -181,11 +181,16 @@ echo "  executables: $(du -sb "$root/bin" "$root/cri" "$root/opt" "$root/lib64" 
 
 spec_file="$tmp/text.spec"
 : > "$spec_file"
+declare -A made_dirs=()
 # Adds a file: KIND SIZE PATH.
 text() {
+  local dir="$root/${3%/*}"
   rnd
   printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$root/$3" "$R" >> "$spec_file"
-  mkdir -p "$root/$(dirname "$3")"
+  if [ -z "${made_dirs[$dir]:-}" ]; then
+    mkdir -p "$dir"
+    made_dirs[$dir]=1
+  fi
 }
 
 # Large manifests (45%): CRD bundles and workloads.
@@ -200,7 +205,7 @@ weight_sum=0
 for m in "${manifests[@]}"; do weight_sum=$(( weight_sum + ${m##*:} )); done
 for m in "${manifests[@]}"; do
   kind="${m%%:*}"; rest="${m#*:}"; name="${rest%%:*}"
-  text "$kind" $(( text_budget * 45 / 100 * ${m##*:} / weight_sum )) "manifests/$name"
+  text "$kind" $(( text_budget * 45 * ${m##*:} / 100 / weight_sum )) "manifests/$name"
 done
 
 # Helm charts (35%): many small templates, values, README.
@@ -401,16 +406,16 @@ echo "  layer blobs: $gz_out bytes of gzip from $gz_in bytes in $layer_no layers
 rm -rf "$tmp"
 find "$root" -type d -exec chmod 0755 {} +
 (cd "$root" && find . -type f -print0 | sort -z | xargs -0 sha256sum) > "$work/rootfs.sha256.tmp"
-sed -i 's#  \./#  ./#' "$work/rootfs.sha256.tmp"
 {
-  total=$(find "$root" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+  # Hard-linked files count once, as tar and kubeferry store them once.
+  total=$(find "$root" -type f -printf '%i %s\n' | awk '!seen[$1]++ {s+=$2} END {print s}')
   # Files that start with a gzip, zstd, xz or bzip2 magic and are at least 64 KiB.
   compressed=0
   while IFS=$'\t' read -r s p; do
     m="$(head -c 2 -- "$p" | od -An -tx1 | tr -d ' ')"
     case "$m" in 1f8b|28b5|fd37|425a) compressed=$(( compressed + s )) ;; esac
   done < <(find "$root" -type f -size +63k -printf '%s\t%p\n')
-  exe=$(find "$root/bin" "$root/cri" "$root/opt" "$root/lib64" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+  exe=$(find "$root/bin" "$root/cri" "$root/opt" "$root/lib64" -type f -printf '%i %s\n' | awk '!seen[$1]++ {s+=$2} END {print s}')
   echo "files=$(find "$root" -type f | wc -l) dirs=$(find "$root" -type d | wc -l) symlinks=$(find "$root" -type l | wc -l)"
   echo "bytes_total=$total"
   echo "bytes_compressed=$compressed"
