@@ -109,9 +109,9 @@ struct BuildArgs {
     /// zstd compression level.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     level: i32,
-    /// Compression threads (default: one per core, at most 4).
-    #[arg(long, default_value_t = 0)]
-    jobs: usize,
+    /// Compression threads [default: one per core, at most 4]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: Option<u16>,
 }
 
 const fn host_arch() -> &'static str {
@@ -213,7 +213,7 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
             cri: facts.cri,
             mtime,
             level: args.level,
-            jobs: args.jobs,
+            jobs: args.jobs.map_or(0, usize::from),
             cancel: Some(cancel.clone()),
         };
         term.say(&format!("building {} with stub '{}'", spec.file_name(), stub_path.display()));
