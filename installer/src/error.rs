@@ -161,6 +161,12 @@ pub enum Error {
     /// A key could not be used.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The host lacks what the install needs.
+    #[error("this host is not ready for the install:\n{}", render_findings(.findings))]
+    Preflight {
+        /// Every finding, each with its remedy.
+        findings: Vec<crate::preflight::Finding>,
+    },
     /// The host installation steps are not part of this version.
     #[error(
         "the rootfs was verified and unpacked into '{rootfs}', but this version of kubeferry does not \
@@ -202,7 +208,7 @@ impl Error {
             | Error::NoSpace { .. }
             | Error::InstallUnavailable { .. } => exit::FAILED,
             Error::Key(KeyError::Io { .. }) => exit::FAILED,
-            Error::WrongArch { .. } => exit::PREFLIGHT,
+            Error::WrongArch { .. } | Error::Preflight { .. } => exit::PREFLIGHT,
             Error::Interrupted => exit::INTERRUPTED,
             _ => exit::UNTRUSTED,
         }
@@ -234,10 +240,22 @@ impl Error {
                 Some("choose an empty directory, or pass --force to replace it".into())
             }
             Error::NoSpace { .. } => Some("free some space or extract to another file system".into()),
+            Error::Preflight { findings } => {
+                let mut names: Vec<&str> = findings.iter().map(|f| f.name.as_str()).collect();
+                names.dedup();
+                Some(format!(
+                    "fix what is listed, or pass --ignore-preflight {} to go on anyway",
+                    names.join(",")
+                ))
+            }
             Error::Key(key) => key.hint(),
             _ => None,
         }
     }
+}
+
+fn render_findings(findings: &[crate::preflight::Finding]) -> String {
+    findings.iter().map(|f| format!("    {f}")).collect::<Vec<_>>().join("\n")
 }
 
 /// Formats a byte count in binary units: `512 B`, `3.2 MiB`.

@@ -19,6 +19,7 @@ pub mod extract;
 pub mod keys;
 pub mod manifest;
 pub mod pipeline;
+pub mod preflight;
 pub mod progress;
 pub mod reader;
 mod stream;

@@ -13,6 +13,7 @@ use kubeferry_installer::StreamOptions;
 use kubeferry_installer::arch::Arch;
 use kubeferry_installer::error::{Error, human_bytes};
 use kubeferry_installer::extract::{self, ExtractOptions};
+use kubeferry_installer::preflight::{self, CONTROL_PLANE_PORTS, Facts, Requirements};
 use kubeferry_installer::progress::Reporter;
 use kubeferry_installer::reader::{Authenticity, Bundle, Verified};
 use kubeferry_installer::trust::{TRUSTED_KEYS_DIR, Trust};
@@ -69,6 +70,12 @@ enum Command {
         /// Where the rootfs is unpacked (default /var/lib/kubeferry/NAME/rootfs).
         #[arg(long, value_name = "DIR")]
         rootfs_dir: Option<PathBuf>,
+        /// Host checks to skip, comma-separated (names as printed, e.g. swap,port-6443; or all).
+        #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+        ignore_preflight: Vec<String>,
+        /// The address the API server advertises (needed on a host with no default route).
+        #[arg(long, value_name = "ADDR")]
+        advertise_address: Option<std::net::IpAddr>,
         #[command(flatten)]
         trust: TrustArgs,
     },
@@ -118,8 +125,13 @@ fn main() -> ExitCode {
         Some(Command::Extract { to, force, trust }) => {
             (format!("could not extract '{shown}'"), extract_to(&file, to, *force, trust, &term))
         }
-        Some(Command::Install { rootfs_dir, trust }) => {
-            (format!("could not install '{shown}'"), install(&file, rootfs_dir.as_deref(), trust, &term))
+        Some(Command::Install { rootfs_dir, ignore_preflight, advertise_address, trust }) => {
+            let options = InstallArgs {
+                rootfs_dir: rootfs_dir.as_deref(),
+                ignore_preflight,
+                advertise_address: *advertise_address,
+            };
+            (format!("could not install '{shown}'"), install(&file, &options, trust, &term))
         }
     };
     match result {
@@ -222,7 +234,21 @@ fn extract_to(file: &Path, to: &Path, force: bool, trust: &TrustArgs, term: &Ter
     Ok(())
 }
 
-fn install(file: &Path, rootfs_dir: Option<&Path>, trust: &TrustArgs, term: &Terminal) -> Result<(), Error> {
+/// The install's options, apart from trust.
+struct InstallArgs<'a> {
+    rootfs_dir: Option<&'a Path>,
+    ignore_preflight: &'a [String],
+    advertise_address: Option<std::net::IpAddr>,
+}
+
+/// Tools the install and the images' scripts call, unless the bundle's bin/ carries them.
+const HOST_TOOLS: [&str; 5] = ["iptables", "conntrack", "socat", "mount", "modprobe"];
+/// Room beyond the unpacked payload for logs, state and the runtime's first writes.
+const DISK_MARGIN: u64 = 512 << 20;
+/// The default port of the bundled registry.
+const REGISTRY_PORT: u16 = 5000;
+
+fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Terminal) -> Result<(), Error> {
     let (bundle, verified) = open_verified(file, &trust.trust()?, term)?;
     let m = &verified.manifest;
     if let Some(host) = Arch::host()
@@ -234,9 +260,30 @@ fn install(file: &Path, rootfs_dir: Option<&Path>, trust: &TrustArgs, term: &Ter
             instead: Some(format!("{}-{}-linux-{host}.run", m.name, m.version)),
         });
     }
-    let target = rootfs_dir
+    let target = args
+        .rootfs_dir
         .map(Path::to_path_buf)
         .unwrap_or_else(|| Path::new("/var/lib/kubeferry").join(&m.name).join("rootfs"));
+
+    let bundled_bin: std::collections::BTreeSet<&str> =
+        m.entries.iter().filter_map(|e| e.path().strip_prefix("bin/")).collect();
+    let requirements = Requirements {
+        arch: m.arch,
+        cgroup_driver: "systemd".into(),
+        ports: CONTROL_PLANE_PORTS.iter().copied().chain([REGISTRY_PORT]).collect(),
+        disk: vec![(target.clone(), m.payload.unpacked_size + DISK_MARGIN)],
+        tools: HOST_TOOLS.iter().filter(|t| !bundled_bin.contains(*t)).map(|t| t.to_string()).collect(),
+        advertise_address_given: args.advertise_address.is_some(),
+        min_memory_mib: preflight::MIN_MEMORY_MIB,
+        min_cpus: preflight::MIN_CPUS,
+    };
+    let findings = preflight::without_ignored(
+        preflight::check(&Facts::gather(&requirements), &requirements),
+        args.ignore_preflight,
+    );
+    if !findings.is_empty() {
+        return Err(Error::Preflight { findings });
+    }
     let options = ExtractOptions { replace: true, skip_space_check: false, stream: stream_options() };
     extract::extract(&bundle, &verified, &target, &options, term)?;
     Err(Error::InstallUnavailable { rootfs: target })
