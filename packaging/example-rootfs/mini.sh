@@ -1,0 +1,607 @@
+#!/usr/bin/env bash
+# Generates the demo's example cluster image: a small but real CloudRootfs directory (the
+# sealer/sealos layout) whose executables are Debian 12's own, for amd64 and arm64.
+#
+#   packaging/example-rootfs/mini.sh OUT_DIR
+#
+# It is a miniature for the bundle format, NOT a working Kubernetes: there is no kubeadm,
+# kubelet or kubectl and no container image (OUT_DIR/README.md says so too).
+#
+# Where the files come from: the .deb files of containerd, runc, conntrack, socat and ethtool,
+# for amd64 and arm64, fetched with `apt-get download` from the Debian archive named in this
+# machine's /etc/apt/sources.list(.d) and unpacked with `dpkg-deb -x`. Nothing is installed.
+# apt runs with its own package lists and architecture list under the cache directory, so
+# fetching the arm64 packages needs neither root nor `dpkg --add-architecture` on this machine.
+#
+#   cache  $KUBEFERRY_EXAMPLE_CACHE, default target/example-cache/ in this repository:
+#          debs/ (the .deb files) and apt/ (apt's lists). A run whose .deb files are all there
+#          uses no network. KUBEFERRY_EXAMPLE_REFRESH=1 fetches the archive's current ones.
+#
+# OUT_DIR is generated afresh on every run (a few seconds; the same .deb files give the same
+# bytes) into a temporary sibling, then swapped in; an existing OUT_DIR is replaced only if this
+# script made it. If the arm64 packages cannot be fetched, arm64/ holds only a README.txt saying
+# so, and the script says so on stderr.
+#
+# Needs apt-get, dpkg-deb, GNU tar (--sort) and gzip: all part of every Debian system.
+set -euo pipefail
+export LC_ALL=C
+umask 022
+
+MARKER="# kubeferry example rootfs"
+K8S_VERSION=v1.20.2
+REGISTRY=sea.hub:5000
+PACKAGES=(containerd runc conntrack socat ethtool)
+
+if [ $# -ne 1 ] || [ -z "$1" ]; then
+  echo "usage: $0 OUT_DIR" >&2
+  exit 2
+fi
+for tool in apt-get dpkg-deb tar gzip od; do
+  command -v "$tool" >/dev/null || { echo "error: '$tool' is needed (this script expects Debian)" >&2; exit 1; }
+done
+
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+out="$1"
+out="${out%/}"
+case "$out" in
+  "" | / | . | ..) echo "error: refusing OUT_DIR '$1'" >&2; exit 2 ;;
+esac
+if [ -e "$out" ]; then
+  [ -d "$out" ] || { echo "error: '$out' exists and is not a directory" >&2; exit 1; }
+  if [ -n "$(ls -A "$out")" ] && ! head -n 1 "$out/README.md" 2>/dev/null | grep -qxF "$MARKER"; then
+    echo "error: '$out' is not empty and was not made by this script; not replacing it" >&2
+    exit 1
+  fi
+fi
+cache="${KUBEFERRY_EXAMPLE_CACHE:-$repo/target/example-cache}"
+mkdir -p "$cache/debs" "$cache/apt/lists/partial" "$cache/apt/cache/archives/partial"
+cache="$(cd "$cache" && pwd)"
+debs="$cache/debs"
+: >"$cache/apt/status" # an empty dpkg status: apt must not look at what this machine has installed
+
+mkdir -p "$(dirname "$out")"
+work="$(mktemp -d "$(dirname "$out")/.$(basename "$out").tmp.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+new="$work/rootfs"
+mkdir -p "$new"
+
+log() { printf 'mini.sh: %s\n' "$*" >&2; }
+
+# --- fetching the .deb files -------------------------------------------------------------------
+
+apt_opts=(
+  -o "Dir::State::Lists=$cache/apt/lists"
+  -o "Dir::State::status=$cache/apt/status"
+  -o "Dir::Cache=$cache/apt/cache"
+  -o "APT::Architecture=$(dpkg --print-architecture)"
+  -o "APT::Architectures::=amd64"
+  -o "APT::Architectures::=arm64"
+  -o "Acquire::Languages=none"
+)
+# As root, apt would drop to the _apt user for downloads and warn that it cannot write here.
+if [ "$(id -u)" = 0 ]; then apt_opts+=(-o "APT::Sandbox::User=root"); fi
+
+# deb PKG ARCH: the cached .deb's path, or nothing.
+deb() {
+  local found=("$debs/$1_"*"_$2.deb")
+  [ -f "${found[0]}" ] && printf '%s\n' "${found[-1]}"
+}
+
+if [ "${KUBEFERRY_EXAMPLE_REFRESH:-0}" = 1 ]; then
+  rm -f "$debs"/*.deb
+fi
+# fetch ARCH: makes sure every package of ARCH is in the cache.
+updated=0
+fetch() {
+  local arch="$1" missing=() pkg
+  for pkg in "${PACKAGES[@]}"; do
+    [ -n "$(deb "$pkg" "$arch")" ] || missing+=("$pkg:$arch")
+  done
+  [ "${#missing[@]}" -gt 0 ] || return 0
+  if [ "$updated" = 0 ]; then
+    log "updating the package lists for amd64 and arm64 (in $cache/apt)"
+    apt-get "${apt_opts[@]}" -qq update >&2 || return 1
+    updated=1
+  fi
+  log "downloading ${missing[*]}"
+  (cd "$debs" && apt-get "${apt_opts[@]}" -qq download "${missing[@]}" >&2) || return 1
+}
+
+# --- per architecture: cri/containerd.tar.gz and bin/ ------------------------------------------
+
+# elf_machine FILE: the ELF e_machine field (little-endian), e.g. "3e 00" for x86-64.
+elf_machine() { od -An -tx1 -j18 -N2 "$1" | tr -s ' ' | sed 's/^ //'; }
+
+# Deterministic tar.gz of DIR's entry NAME: sorted, mtime 0, owner root, no gzip name/time.
+deterministic_tgz() {
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --mode='go-w' \
+    -C "$1" -cf - "$2" | gzip -n -6
+}
+
+# upstream_version DEB: 1:1.4.7-1+b2 -> 1.4.7, 1.6.20~ds1-1+deb12u3 -> 1.6.20
+upstream_version() {
+  local v
+  v="$(dpkg-deb -f "$1" Version)"
+  v="${v#*:}"
+  v="${v%%-*}"
+  printf '%s\n' "${v%%~*}"
+}
+
+build_arch() {
+  local arch="$1" machine pkg unpack stage tool src
+  case "$arch" in
+    amd64) machine="3e 00" ;;
+    arm64) machine="b7 00" ;;
+  esac
+  unpack="$work/unpack/$arch"
+  for pkg in "${PACKAGES[@]}"; do
+    mkdir -p "$unpack/$pkg"
+    dpkg-deb -x "$(deb "$pkg" "$arch")" "$unpack/$pkg"
+    printf '| %s | %s | %s | %s |\n' "$arch" "$pkg" "$(dpkg-deb -f "$(deb "$pkg" "$arch")" Version)" \
+      "$(dpkg-deb -f "$(deb "$pkg" "$arch")" Depends)" >>"$work/provenance.$arch"
+  done
+
+  # The runtime: containerd's own release layout (bin/containerd, bin/ctr, ...), plus runc.
+  stage="$work/stage/$arch"
+  mkdir -p "$stage/bin" "$new/$arch/cri" "$new/$arch/bin"
+  for tool in containerd containerd-shim-runc-v2 ctr; do
+    install -m 0755 "$unpack/containerd/usr/bin/$tool" "$stage/bin/$tool"
+  done
+  install -m 0755 "$unpack/runc/usr/sbin/runc" "$stage/bin/runc"
+
+  # Node tools kubeadm's preflight looks for on the PATH.
+  install -m 0755 "$unpack/conntrack/usr/sbin/conntrack" "$new/$arch/bin/conntrack"
+  install -m 0755 "$unpack/socat/usr/bin/socat" "$new/$arch/bin/socat"
+  install -m 0755 "$unpack/ethtool/sbin/ethtool" "$new/$arch/bin/ethtool"
+
+  for src in "$stage"/bin/* "$new/$arch"/bin/*; do
+    if [ "$(elf_machine "$src")" != "$machine" ]; then
+      echo "error: '$src' is not an $arch executable (ELF machine $(elf_machine "$src"))" >&2
+      exit 1
+    fi
+  done
+  deterministic_tgz "$stage" bin >"$new/$arch/cri/containerd.tar.gz"
+}
+
+start=$SECONDS
+fetch amd64 || { echo "error: could not fetch the amd64 packages from the Debian archive" >&2; exit 1; }
+containerd_version="$(upstream_version "$(deb containerd amd64)")"
+arm64_ok=1
+fetch arm64 || arm64_ok=0
+# The two architectures in parallel: most of the time goes into xz (dpkg-deb) and gzip.
+pids=()
+build_arch amd64 &
+pids+=($!)
+if [ "$arm64_ok" = 1 ]; then
+  build_arch arm64 &
+  pids+=($!)
+fi
+for pid in "${pids[@]}"; do
+  wait "$pid" || exit 1
+done
+if [ "$arm64_ok" = 0 ]; then
+  log "warning: could not fetch the arm64 packages; arm64/ holds only a README.txt"
+  mkdir -p "$new/arm64"
+  cat >"$new/arm64/README.txt" <<EOF
+This example's arm64 overlay is empty: mini.sh could not download the arm64 .deb files of
+${PACKAGES[*]} from the Debian archive when it ran. Run mini.sh again where
+deb.debian.org (or the mirror in /etc/apt/sources.list.d) is reachable.
+EOF
+fi
+
+# --- the common tree ---------------------------------------------------------------------------
+
+mkdir -p "$new"/{etc,scripts,manifests,statics} "$new/registry/docker/registry/v2"
+
+cat >"$new/Kubefile" <<EOF
+# The build file of a sealer cluster image. kubeferry packs the directory as it is and does
+# not read this file: amd64/ and arm64/ are laid over the common tree per architecture.
+FROM scratch
+COPY . .
+LABEL "cluster.alpha.sealer.io/cluster-runtime-version"="$K8S_VERSION"
+LABEL "cluster.alpha.sealer.io/cluster-runtime-type"="kubernetes"
+LABEL "cluster.alpha.sealer.io/container-runtime-type"="containerd"
+LABEL "cluster.alpha.sealer.io/container-runtime-version"="$containerd_version"
+EOF
+
+# kubeadm's configuration, in the multi-document form sealer images carry in etc/kubeadm.yml.
+cat >"$new/etc/kubeadm.yml" <<EOF
+apiVersion: kubeadm.k8s.io/v1beta2
+kind: InitConfiguration
+localAPIEndpoint:
+  # advertiseAddress: 192.168.2.110
+  bindPort: 6443
+nodeRegistration:
+  criSocket: /run/containerd/containerd.sock
+---
+apiVersion: kubeadm.k8s.io/v1beta2
+kind: ClusterConfiguration
+kubernetesVersion: $K8S_VERSION
+#controlPlaneEndpoint: "apiserver.cluster.local:6443"
+imageRepository: $REGISTRY
+networking:
+  # dnsDomain: cluster.local
+  podSubnet: 100.64.0.0/10
+  serviceSubnet: 10.96.0.0/22
+apiServer:
+  #  certSANs:
+  #    - 127.0.0.1
+  #    - apiserver.cluster.local
+  extraArgs:
+    feature-gates: TTLAfterFinished=true,EphemeralContainers=true
+    audit-policy-file: "/etc/kubernetes/audit-policy.yml"
+    audit-log-path: "/var/log/kubernetes/audit.log"
+    audit-log-format: json
+    audit-log-maxbackup: '10'
+    audit-log-maxsize: '100'
+    audit-log-maxage: '7'
+    enable-aggregator-routing: 'true'
+  extraVolumes:
+    - name: "audit"
+      hostPath: "/etc/kubernetes"
+      mountPath: "/etc/kubernetes"
+      pathType: DirectoryOrCreate
+    - name: "audit-log"
+      hostPath: "/var/log/kubernetes"
+      mountPath: "/var/log/kubernetes"
+      pathType: DirectoryOrCreate
+    - name: localtime
+      hostPath: /etc/localtime
+      mountPath: /etc/localtime
+      readOnly: true
+      pathType: File
+controllerManager:
+  extraArgs:
+    feature-gates: TTLAfterFinished=true,EphemeralContainers=true
+    experimental-cluster-signing-duration: 876000h
+  extraVolumes:
+    - hostPath: /etc/localtime
+      mountPath: /etc/localtime
+      name: localtime
+      readOnly: true
+      pathType: File
+scheduler:
+  extraArgs:
+    feature-gates: TTLAfterFinished=true,EphemeralContainers=true
+  extraVolumes:
+    - hostPath: /etc/localtime
+      mountPath: /etc/localtime
+      name: localtime
+      readOnly: true
+      pathType: File
+etcd:
+  local:
+    extraArgs:
+      listen-metrics-urls: http://0.0.0.0:2381
+---
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: "ipvs"
+ipvs:
+  excludeCIDRs:
+    - "10.103.97.2/32"
+---
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    cacheTTL: 2m0s
+    enabled: true
+  x509:
+    clientCAFile: /etc/kubernetes/pki/ca.crt
+authorization:
+  mode: Webhook
+  webhook:
+    cacheAuthorizedTTL: 5m0s
+    cacheUnauthorizedTTL: 30s
+# containerd's runc runs with SystemdCgroup = true (etc/config.toml): the kubelet must match.
+cgroupDriver: systemd
+cgroupsPerQOS: true
+clusterDomain: cluster.local
+configMapAndSecretChangeDetectionStrategy: Watch
+containerLogMaxFiles: 5
+containerLogMaxSize: 10Mi
+contentType: application/vnd.kubernetes.protobuf
+cpuCFSQuota: true
+cpuCFSQuotaPeriod: 100ms
+cpuManagerPolicy: none
+cpuManagerReconcilePeriod: 10s
+enableControllerAttachDetach: true
+enableDebuggingHandlers: true
+enforceNodeAllocatable:
+  - pods
+eventBurst: 10
+eventRecordQPS: 5
+evictionHard:
+  imagefs.available: 15%
+  memory.available: 100Mi
+  nodefs.available: 10%
+  nodefs.inodesFree: 5%
+evictionPressureTransitionPeriod: 5m0s
+failSwapOn: true
+fileCheckFrequency: 20s
+hairpinMode: promiscuous-bridge
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+httpCheckFrequency: 20s
+imageGCHighThresholdPercent: 85
+imageGCLowThresholdPercent: 80
+imageMinimumGCAge: 2m0s
+iptablesDropBit: 15
+iptablesMasqueradeBit: 14
+kubeAPIBurst: 10
+kubeAPIQPS: 5
+makeIPTablesUtilChains: true
+maxOpenFiles: 1000000
+maxPods: 110
+nodeLeaseDurationSeconds: 40
+nodeStatusReportFrequency: 10s
+nodeStatusUpdateFrequency: 10s
+oomScoreAdj: -999
+podPidsLimit: -1
+port: 10250
+registryBurst: 10
+registryPullQPS: 5
+rotateCertificates: true
+runtimeRequestTimeout: 2m0s
+serializeImagePulls: true
+staticPodPath: /etc/kubernetes/manifests
+streamingConnectionIdleTimeout: 4h0m0s
+syncFrequency: 1m0s
+volumeStatsAggPeriod: 1m0s
+---
+apiVersion: kubeadm.k8s.io/v1beta2
+kind: JoinConfiguration
+caCertPath: /etc/kubernetes/pki/ca.crt
+discovery:
+  timeout: 5m0s
+nodeRegistration:
+  criSocket: /run/containerd/containerd.sock
+controlPlane:
+  localAPIEndpoint:
+    bindPort: 6443
+EOF
+
+# containerd's configuration: /etc/containerd/config.toml on the node.
+cat >"$new/etc/config.toml" <<EOF
+# containerd $containerd_version configuration for the cluster: installed as /etc/containerd/config.toml.
+version = 2
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "$REGISTRY/pause:3.2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = true
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      # Debian's containernetworking-plugins install here (upstream's default is /opt/cni/bin).
+      bin_dir = "/usr/lib/cni"
+      conf_dir = "/etc/cni/net.d"
+    [plugins."io.containerd.grpc.v1.cri".registry]
+      # One directory per registry host (certs.d/$REGISTRY/hosts.toml: etc/hosts.toml here).
+      config_path = "/etc/containerd/certs.d"
+EOF
+
+cat >"$new/etc/hosts.toml" <<EOF
+# The cluster's registry for containerd: installed as /etc/containerd/certs.d/$REGISTRY/hosts.toml.
+# The registry (etc/registry_config.yml) serves plain HTTP on port 5000.
+server = "http://$REGISTRY"
+
+[host."http://$REGISTRY"]
+  capabilities = ["pull", "resolve"]
+EOF
+
+# Debian's unit, pointed at /usr/local/bin where cri/containerd.tar.gz unpacks (-C /usr/local).
+sed 's|^ExecStart=/usr/bin/containerd$|ExecStart=/usr/local/bin/containerd|' \
+  "$work/unpack/amd64/containerd/lib/systemd/system/containerd.service" >"$new/etc/containerd.service"
+grep -q '^ExecStart=/usr/local/bin/containerd$' "$new/etc/containerd.service" ||
+  { echo "error: Debian's containerd.service changed; update mini.sh" >&2; exit 1; }
+
+cat >"$new/etc/kubelet.service" <<'EOF'
+[Unit]
+Description=kubelet: The Kubernetes Node Agent
+Documentation=https://kubernetes.io/docs/
+After=containerd.service
+Wants=containerd.service
+
+[Service]
+ExecStart=/usr/bin/kubelet
+Restart=always
+StartLimitInterval=0
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+EOF
+
+cat >"$new/etc/10-kubeadm.conf" <<'EOF'
+# Note: This dropin only works with kubeadm and kubelet v1.11+
+[Service]
+Environment="KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf"
+Environment="KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml"
+# This is a file that "kubeadm init" and "kubeadm join" generates at runtime, populating the KUBELET_KUBEADM_ARGS variable dynamically
+EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env
+# This is a file that the user can use for overrides of the kubelet args as a last resort. Preferably, the user should use
+# the .NodeRegistration.KubeletExtraArgs object in the configuration files instead. KUBELET_EXTRA_ARGS should be sourced from this file.
+EnvironmentFile=-/etc/default/kubelet
+ExecStart=
+ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS
+EOF
+
+# The cluster's registry (distribution), serving registry/ of this image as its storage.
+cat >"$new/etc/registry_config.yml" <<'EOF'
+version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: /var/lib/registry
+http:
+  addr: :5000
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+EOF
+
+cat >"$new/manifests/imageList" <<EOF
+# Images the cluster needs beyond those named in manifests/ and charts/, one a line: what
+# \`kubeadm config images list --kubernetes-version $K8S_VERSION --image-repository $REGISTRY\`
+# prints, without CoreDNS (Debian 12 has no CoreDNS to build its image from).
+# This example carries none of them: registry/ is empty.
+$REGISTRY/kube-apiserver:$K8S_VERSION
+$REGISTRY/kube-controller-manager:$K8S_VERSION
+$REGISTRY/kube-scheduler:$K8S_VERSION
+$REGISTRY/kube-proxy:$K8S_VERSION
+$REGISTRY/pause:3.2
+$REGISTRY/etcd:3.4.13-0
+EOF
+
+cat >"$new/statics/audit-policy.yml" <<'EOF'
+# The API server's audit policy: etc/kubeadm.yml points the API server at
+# /etc/kubernetes/audit-policy.yml.
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages:
+  - "RequestReceived"
+rules:
+  # High-volume, low-risk requests.
+  - level: None
+    users: ["system:kube-proxy"]
+    verbs: ["watch"]
+    resources:
+      - group: ""
+        resources: ["endpoints", "services"]
+  - level: None
+    userGroups: ["system:nodes"]
+    verbs: ["get"]
+    resources:
+      - group: ""
+        resources: ["nodes"]
+  - level: None
+    nonResourceURLs:
+      - /healthz*
+      - /version
+  - level: None
+    resources:
+      - group: ""
+        resources: ["events"]
+  # Secrets, ConfigMaps and TokenReviews can hold sensitive data: metadata only.
+  - level: Metadata
+    resources:
+      - group: ""
+        resources: ["secrets", "configmaps"]
+      - group: authentication.k8s.io
+        resources: ["tokenreviews"]
+  - level: Metadata
+EOF
+
+cat >"$new/scripts/init.sh" <<'EOF'
+#!/bin/bash
+# EXAMPLE ONLY. This miniature cluster image cannot set up a node (it has no kubeadm, kubelet
+# or images), so this script changes nothing: it prints the steps a real init.sh takes, with
+# this image's paths. Run from the rootfs's scripts/ directory, as sealer does.
+set -euo pipefail
+arch="$(dpkg --print-architecture 2>/dev/null || uname -m)"
+cat <<STEPS
+init.sh (example, changes nothing; host architecture: $arch)
+  tar -xzf ../cri/containerd.tar.gz -C /usr/local     # bin/containerd, ctr, shim, runc
+  install -m 0644 ../etc/containerd.service /etc/systemd/system/
+  install -D -m 0644 ../etc/config.toml /etc/containerd/config.toml
+  install -D -m 0644 ../etc/hosts.toml /etc/containerd/certs.d/sea.hub:5000/hosts.toml
+  install -m 0755 ../bin/* /usr/bin/                   # conntrack, socat, ethtool (+ kubeadm, kubelet, kubectl)
+  install -m 0644 ../etc/kubelet.service /etc/systemd/system/
+  install -D -m 0644 ../etc/10-kubeadm.conf /etc/systemd/system/kubelet.service.d/10-kubeadm.conf
+  install -D -m 0644 ../statics/audit-policy.yml /etc/kubernetes/audit-policy.yml
+  systemctl daemon-reload && systemctl enable --now containerd kubelet
+  # then: run the registry on ../registry, import the images, kubeadm init --config ../etc/kubeadm.yml
+STEPS
+EOF
+
+cat >"$new/scripts/clean.sh" <<'EOF'
+#!/bin/bash
+# EXAMPLE ONLY. Changes nothing: prints the steps a real clean.sh takes to undo init.sh.
+set -euo pipefail
+cat <<STEPS
+clean.sh (example, changes nothing)
+  kubeadm reset -f
+  systemctl disable --now kubelet containerd
+  rm -f /etc/systemd/system/kubelet.service /etc/systemd/system/containerd.service
+  rm -rf /etc/systemd/system/kubelet.service.d /etc/containerd
+  rm -f /usr/local/bin/{containerd,containerd-shim-runc-v2,ctr,runc} /usr/bin/{conntrack,socat,ethtool}
+  systemctl daemon-reload
+STEPS
+EOF
+chmod 0755 "$new/scripts/init.sh" "$new/scripts/clean.sh"
+
+# --- README.md ----------------------------------------------------------------------------------
+
+{
+  cat <<EOF
+$MARKER
+
+A miniature cluster image in the sealer/sealos CloudRootfs layout, made by
+\`packaging/example-rootfs/mini.sh\` for kubeferry's bundle format demo
+(\`packaging/demo.sh\`). Its executables are real (Debian 12's containerd $containerd_version,
+runc, conntrack, socat and ethtool, for amd64 and arm64), its configuration is in the forms
+sealer images ship, for Kubernetes $K8S_VERSION.
+
+**It is NOT a working Kubernetes.** There is no kubeadm, kubelet or kubectl and no container
+image: \`registry/\` is an empty registry layout and \`manifests/imageList\` only names the images.
+The real example image, with Kubernetes built from Debian's source, is a later step.
+\`scripts/init.sh\` and \`scripts/clean.sh\` change nothing: they print the steps a real image's
+scripts take.
+
+## Layout
+
+| path | what |
+|---|---|
+| \`Kubefile\` | the sealer build file (\`FROM scratch\`, \`COPY . .\`, sealer's LABELs) |
+| \`etc/kubeadm.yml\` | kubeadm's multi-document configuration (\`kubeadm.k8s.io/v1beta2\`: Init, Cluster, KubeProxy, Kubelet, Join) |
+| \`etc/config.toml\`, \`etc/hosts.toml\`, \`etc/containerd.service\` | containerd: /etc/containerd/config.toml, certs.d/$REGISTRY/hosts.toml, its systemd unit |
+| \`etc/kubelet.service\`, \`etc/10-kubeadm.conf\` | the kubelet's systemd unit and kubeadm's drop-in |
+| \`etc/registry_config.yml\` | the cluster registry's (distribution's) configuration |
+| \`scripts/\` | \`init.sh\`, \`clean.sh\` (examples, see above) |
+| \`manifests/imageList\` | the control-plane images, as \`$REGISTRY/NAME:TAG\` |
+| \`statics/audit-policy.yml\` | the API server's audit policy |
+| \`registry/docker/registry/v2/\` | the registry's storage, empty |
+| \`amd64/\`, \`arm64/\` | per-architecture overlays: \`cri/containerd.tar.gz\` and \`bin/\` |
+
+kubeferry lays \`amd64/\` (or \`arm64/\`) over the common tree, so the amd64 bundle holds
+\`cri/containerd.tar.gz\` and \`bin/conntrack\` built for amd64 and nothing of arm64/.
+
+**\`cri/containerd.tar.gz\`** holds \`bin/containerd\`, \`bin/containerd-shim-runc-v2\`,
+\`bin/ctr\` and \`bin/runc\`: the layout of containerd's own release tarballs
+(containerd-VERSION-linux-ARCH.tar.gz), installed with \`tar -xzf containerd.tar.gz -C /usr/local\`.
+It is deterministic: names sorted, mtime 0, owner root, \`gzip -n\`.
+
+**\`bin/\`** holds conntrack, socat and ethtool, tools kubeadm's preflight looks for on a node.
+
+All of them are Debian's builds, dynamically linked: a node needs the Debian 12 libraries named
+below (\`runc\` needs libseccomp2, as sealer's images also assume).
+
+## Provenance
+
+| arch | Debian package | version | Depends |
+|---|---|---|---|
+EOF
+  cat "$work"/provenance.*
+  if [ "$arm64_ok" = 0 ]; then
+    printf '\nThe arm64 packages could not be downloaded when this was generated: arm64/ is empty\n(see arm64/README.txt).\n'
+  fi
+} >"$new/README.md"
+
+# --- swap in -------------------------------------------------------------------------------------
+
+rm -rf "$out"
+mv "$new" "$out"
+log "wrote $out ($(du -sh "$out" | cut -f1)) in $((SECONDS - start)) s"
