@@ -21,6 +21,8 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# The arm64 stub is cross-built with Debian's toolchain and run under qemu-user.
+packaging/cross-setup.sh --check >/dev/null 2>&1 || packaging/cross-setup.sh
 if [ "$(id -u)" != 0 ]; then
   echo "warning: not root: the full-disk test mounts a tmpfs and will fail" >&2
 fi

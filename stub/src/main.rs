@@ -21,7 +21,7 @@ use kubeferry_term::{Terminal, print_error, render_entries, render_summary};
 
 /// A self-extracting kubeferry bundle: Kubernetes for a host with no network.
 #[derive(Debug, Parser)]
-#[command(name = "bundle.run", version, disable_help_subcommand = true)]
+#[command(name = "kubeferry-stub", version, disable_help_subcommand = true)]
 #[command(
     after_help = "Exit codes: 0 ok, 1 failed, 2 usage, 3 not trusted or corrupt, 4 host refused, 130 interrupted."
 )]

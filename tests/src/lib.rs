@@ -41,10 +41,19 @@ pub fn kubeferry_bin() -> &'static Path {
 /// The static stub for amd64, built once per test process by `packaging/build-stub.sh`.
 pub fn stub_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        must(Command::new(root().join("packaging/build-stub.sh")).arg("amd64"), "packaging/build-stub.sh");
-        root().join("target/stubs/kubeferry-stub-amd64")
-    })
+    BIN.get_or_init(|| build_stub("amd64"))
+}
+
+/// The static stub for arm64, cross-built with Debian's toolchain by `packaging/build-stub.sh`
+/// (which installs it with `packaging/cross-setup.sh` when run as root).
+pub fn arm64_stub_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_stub("arm64"))
+}
+
+fn build_stub(arch: &str) -> PathBuf {
+    must(Command::new(root().join("packaging/build-stub.sh")).arg(arch), "packaging/build-stub.sh");
+    root().join(format!("target/stubs/kubeferry-stub-{arch}"))
 }
 
 /// A `kubeferry` command with the stub passed explicitly.

@@ -668,3 +668,50 @@ fn every_flipped_byte_of_the_tail_and_a_sample_of_the_rest_is_refused() {
     assert!(accepted.is_empty(), "flips that were accepted (offset, bit): {accepted:?}");
     assert!(accepts(), "restored bundle verifies");
 }
+
+/// A real arm64 bundle: the stub cross-built for aarch64, run under qemu-user.
+#[test]
+fn a_real_arm64_bundle_verifies_lists_and_extracts_under_emulation() {
+    let qemu = Path::new("/usr/bin/qemu-aarch64-static");
+    assert!(qemu.exists(), "qemu-aarch64-static is needed: run packaging/cross-setup.sh");
+    let stub = arm64_stub_bin();
+    let header = fs::read(stub).unwrap();
+    assert_eq!(Arch::of_elf(&header), Ok(Arch::Arm64));
+    assert_eq!(kubeferry_installer::arch::elf_is_dynamic(&header), Ok(false));
+
+    let b = built();
+    let out = b.dir.join("arm");
+    ok(kubeferry()
+        .args(["build", "--name", "edge", "--version", "v1", "--arch", "arm64", "-o"])
+        .arg(&out)
+        .arg("--key")
+        .arg(&b.key)
+        .arg(format!("--stub=arm64={}", stub.display()))
+        .arg(&b.rootfs));
+    let bundle = out.join("edge-v1-linux-arm64.run");
+    let emulated = || {
+        let mut cmd = Command::new(qemu);
+        cmd.arg(&bundle).env("KUBEFERRY_TRUSTED_KEYS_DIR", "/nonexistent");
+        cmd
+    };
+    let listed = ok(emulated().arg("list").arg("--trusted-key").arg(&b.public));
+    assert!(listed.contains("bin/arch-tool"), "{listed}");
+    ok(emulated().arg("verify").arg("--trusted-key").arg(&b.public));
+    let target = b.dir.join("arm-out");
+    ok(emulated().arg("extract").arg("--to").arg(&target).arg("--trusted-key").arg(&b.public));
+    assert_eq!(fs::read_to_string(target.join("bin/arch-tool")).unwrap(), "arm64 tool");
+    assert!(
+        !target.join("amd64").exists() && !target.join("arm64").exists(),
+        "overlay folders are laid over, not copied"
+    );
+    assert_eq!(fs::read(target.join("bin/env")).unwrap(), fs::read(b.rootfs.join("bin/env")).unwrap());
+
+    // The emulated stub refuses a tampered arm64 bundle like the native one does.
+    let mut bytes = fs::read(&bundle).unwrap();
+    let t = *Bundle::open(&bundle).unwrap().trailer();
+    bytes[t.payload_offset as usize + 7] ^= 1;
+    fs::write(&bundle, bytes).unwrap();
+    let (code, _, stderr) = run(emulated().arg("verify").arg("--trusted-key").arg(&b.public));
+    assert_eq!(code, EXIT_UNTRUSTED, "{stderr}");
+    assert!(stderr.contains("payload chunk 0 is corrupt"), "{stderr}");
+}
