@@ -5,7 +5,8 @@
 #   packaging/test.sh -p kubeferry-installer   only the installer's unit tests
 #
 # The tests run the real tools: minisign (interoperability of keys and signatures), GNU time
-# (peak memory), tar and gzip (fixtures). Mounting a small tmpfs for the full-disk test needs
+# (peak memory), tar and gzip (fixtures), Debian's docker-registry and skopeo (the bundled
+# registry), qemu-user-static and the cross toolchain (the arm64 stub). Mounting a small tmpfs for the full-disk test needs
 # root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,8 @@ command -v minisign >/dev/null || need+=(minisign)
 [ -x /usr/bin/time ] || need+=(time)
 command -v gzip >/dev/null || need+=(gzip)
 command -v tar >/dev/null || need+=(tar)
+[ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

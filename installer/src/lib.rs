@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod preflight;
 pub mod progress;
 pub mod reader;
+pub mod registry;
 mod stream;
 pub mod trailer;
 pub mod trust;

@@ -1,0 +1,665 @@
+//! The read-only registry with the real tools: a real image made as an OCI layout, pushed by
+//! skopeo into Debian's docker-registry (docker distribution 2.8), whose storage directory is
+//! then served by kubeferry's registry alone, and pulled back by skopeo.
+//!
+//! Needs `skopeo` and `docker-registry` (`apt-get install -y docker-registry skopeo`). Every
+//! address is on 127.0.0.1; every file is in a temporary directory; every process is killed
+//! when its guard drops, on failure too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kubeferry_installer::registry::{self, ImageRef, Registry, RegistryConfig, RegistryError};
+use sha2::{Digest as _, Sha256};
+
+const DOCKER_REGISTRY: &str = "/usr/bin/docker-registry";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+/// Fails with the packages to install when a tool is missing.
+fn require_tools() {
+    let skopeo = Command::new("skopeo").arg("--version").output().is_ok_and(|o| o.status.success());
+    let registry = Path::new(DOCKER_REGISTRY).is_file();
+    assert!(
+        skopeo && registry,
+        "the registry tests need skopeo and {DOCKER_REGISTRY} (found skopeo: {skopeo}, docker-registry: \
+         {registry}): apt-get install -y docker-registry skopeo"
+    );
+}
+
+/// A child process killed and reaped when dropped.
+struct Running {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Running {
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's docker-registry on a free 127.0.0.1 port, storing under `storage`, ready.
+fn docker_registry(dir: &Path, storage: &Path) -> (Running, SocketAddr) {
+    let addr = free_addr();
+    let config = dir.join("docker-registry.yml");
+    fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
+             delete:\n    enabled: false\nhttp:\n  addr: {addr}\n",
+            storage.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("docker-registry.log");
+    let child = Command::new(DOCKER_REGISTRY)
+        .arg("serve")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&log).unwrap())
+        .stderr(fs::File::create(dir.join("docker-registry.err")).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not run {DOCKER_REGISTRY}: {e}"));
+    let running = Running { child, log: dir.join("docker-registry.err") };
+    // Our readiness poll, against the real distribution.
+    if let Err(e) = registry::wait_ready(addr, &addr.to_string(), None, Duration::from_secs(20)) {
+        panic!("docker-registry did not start: {e}\n{}", running.log());
+    }
+    (running, addr)
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+/// A blob written into an OCI layout.
+#[derive(Debug, Clone)]
+struct Blob {
+    digest: String,
+    size: usize,
+}
+
+fn put(layout: &Path, bytes: &[u8]) -> Blob {
+    let digest = sha256(bytes);
+    let dir = layout.join("blobs/sha256");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(digest.strip_prefix("sha256:").unwrap()), bytes).unwrap();
+    Blob { digest, size: bytes.len() }
+}
+
+/// A gzipped tar of `files`, and its diff ID (the digest of the tar).
+fn layer(files: &[(&str, &[u8])], level: flate2::Compression) -> (Vec<u8>, String) {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(0o755);
+            header.set_mtime(0);
+            header.set_size(0);
+            header.set_cksum();
+            tar.append_data(&mut header, format!("{parent}/"), std::io::empty()).unwrap();
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        tar.append_data(&mut header, path, *data).unwrap();
+    }
+    let tar = tar.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), level);
+    gz.write_all(&tar).unwrap();
+    (gz.finish().unwrap(), sha256(&tar))
+}
+
+/// One single-platform image in an OCI layout.
+#[derive(Debug, Clone)]
+struct Image {
+    manifest: Blob,
+    config: Blob,
+    layer: Blob,
+}
+
+fn image(layout: &Path, arch: &str, files: &[(&str, &[u8])], level: flate2::Compression) -> Image {
+    let (gz, diff_id) = layer(files, level);
+    let layer = put(layout, &gz);
+    let config = serde_json::json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": {"Cmd": ["/hello"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    let config = put(layout, config.to_string().as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config.digest, "size": config.size},
+        "layers": [{"mediaType": OCI_LAYER, "digest": layer.digest, "size": layer.size}],
+    });
+    let manifest = put(layout, manifest.to_string().as_bytes());
+    Image { manifest, config, layer }
+}
+
+fn descriptor(media_type: &str, blob: &Blob, extra: serde_json::Value) -> serde_json::Value {
+    let mut value = serde_json::json!({"mediaType": media_type, "digest": blob.digest, "size": blob.size});
+    value.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    value
+}
+
+/// The images made for the tests: `app` (tagged v1 in the layout) and the index `multi`
+/// of an amd64 and an arm64 image.
+#[derive(Debug, Clone)]
+struct Made {
+    app: Image,
+    index: Blob,
+    amd64: Image,
+    arm64: Image,
+}
+
+fn write_layout(layout: &Path) -> Made {
+    let level = flate2::Compression::default();
+    let app = image(
+        layout,
+        "amd64",
+        &[("hello.txt", b"hello from kubeferry\n"), ("etc/app.conf", b"port=8080\n")],
+        level,
+    );
+    let amd64 = image(layout, "amd64", &[("arch.txt", b"amd64\n")], level);
+    let arm64 = image(layout, "arm64", &[("arch.txt", b"arm64\n")], level);
+    let platform = |arch: &str| serde_json::json!({"platform": {"architecture": arch, "os": "linux"}});
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            descriptor(OCI_MANIFEST, &amd64.manifest, platform("amd64")),
+            descriptor(OCI_MANIFEST, &arm64.manifest, platform("arm64")),
+        ],
+    });
+    let index = put(layout, index.to_string().as_bytes());
+    let name = |tag: &str| serde_json::json!({"annotations": {"org.opencontainers.image.ref.name": tag}});
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [descriptor(OCI_MANIFEST, &app.manifest, name("v1")), descriptor(OCI_INDEX, &index, name("multi"))],
+    });
+    fs::write(layout.join("index.json"), top.to_string()).unwrap();
+    fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    Made { app, index, amd64, arm64 }
+}
+
+/// skopeo with a policy of its own, so that the host's configuration plays no part.
+fn skopeo(dir: &Path) -> Command {
+    let policy = dir.join("policy.json");
+    if !policy.exists() {
+        fs::write(&policy, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+    }
+    let mut cmd = Command::new("skopeo");
+    cmd.arg("--policy").arg(policy).env("REGISTRY_AUTH_FILE", dir.join("auth.json")).stdin(Stdio::null());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"))
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A storage directory written by docker-registry, the image layout it was pushed from, and
+/// the images in it: `library/app:v1`, `library/app:v2` (the same image), `library/multi:v1`.
+struct Pushed {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    /// The directory that holds docker/registry/v2.
+    storage: PathBuf,
+    made: Made,
+    /// Seconds skopeo took to copy library/app:v1 out of docker-registry.
+    docker_registry_copy: Duration,
+}
+
+fn pushed() -> Pushed {
+    require_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let layout = dir.join("layout");
+    let made = write_layout(&layout);
+    let storage = dir.join("storage");
+    let (running, addr) = docker_registry(&dir, &storage);
+    let push = |src: &str, dest: &str, all: bool| {
+        let mut cmd = skopeo(&dir);
+        cmd.args(["copy", "--dest-tls-verify=false"]);
+        if all {
+            cmd.arg("--all");
+        }
+        ok(cmd.arg(format!("oci:{}:{src}", layout.display())).arg(format!("docker://{addr}/{dest}")));
+    };
+    push("v1", "library/app:v1", false);
+    push("v1", "library/app:v2", false);
+    push("multi", "library/multi:v1", true);
+    // The probe against the real registry: distribution 2.8 answers 404 for an OCI manifest
+    // unless it is in Accept, so this also checks the probe's Accept header.
+    registry::wait_ready(addr, &addr.to_string(), Some(("library/app", "v1")), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", running.log()));
+    let start = Instant::now();
+    ok(skopeo(&dir)
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{addr}/library/app:v1"))
+        .arg(format!("oci:{}:v1", dir.join("from-docker-registry").display())));
+    let docker_registry_copy = start.elapsed();
+    drop(running);
+    // No other registry is reachable from here on.
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+        "docker-registry still answers"
+    );
+    Pushed { _dir: tmp, dir, storage, made, docker_registry_copy }
+}
+
+fn serve(storage: &Path) -> Registry {
+    let registry = Registry::start(RegistryConfig {
+        root: storage.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 4,
+    })
+    .unwrap();
+    registry::wait_ready(
+        registry.local_addr(),
+        "sea.hub:5000",
+        Some(("library/app", "v1")),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    registry
+}
+
+/// The digest of the manifest an OCI layout's index.json names for `tag`.
+fn layout_manifest(layout: &Path, tag: &str) -> String {
+    let index: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(layout.join("index.json")).unwrap()).unwrap();
+    let found = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no {tag} in {index}"));
+    found["digest"].as_str().unwrap().to_owned()
+}
+
+fn layout_blob(layout: &Path, digest: &str) -> Vec<u8> {
+    fs::read(layout.join("blobs/sha256").join(digest.strip_prefix("sha256:").unwrap())).unwrap()
+}
+
+/// Every file under `dir`, relative, with its size.
+fn tree(dir: &Path) -> BTreeSet<(String, u64)> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeSet<(String, u64)>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            let rel = entry.path().strip_prefix(base).unwrap().display().to_string();
+            if meta.is_dir() {
+                walk(base, &entry.path(), out);
+            }
+            out.insert((rel, if meta.is_dir() { 0 } else { meta.len() }));
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// One raw HTTP/1.1 request: (status, head, body).
+fn http(addr: SocketAddr, method: &str, target: &str) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "{method} {target} HTTP/1.1\r\nHost: sea.hub:5000\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, response[split + 4..].to_vec())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[test]
+fn distribution_2_8_storage_layout_is_what_the_server_reads() {
+    let p = pushed();
+    let v2 = p.storage.join("docker/registry/v2");
+    let repo = v2.join("repositories/library/app");
+    let hex = |d: &str| d.strip_prefix("sha256:").unwrap().to_owned();
+    let app = &p.made.app;
+    // Layers and the config are linked under _layers; the manifest under _manifests/revisions.
+    for blob in [&app.layer, &app.config] {
+        assert_eq!(
+            fs::read_to_string(repo.join("_layers/sha256").join(hex(&blob.digest)).join("link")).unwrap(),
+            blob.digest
+        );
+    }
+    assert!(!repo.join("_layers/sha256").join(hex(&app.manifest.digest)).exists());
+    let revision = repo.join("_manifests/revisions/sha256").join(hex(&app.manifest.digest)).join("link");
+    assert_eq!(fs::read_to_string(revision).unwrap(), app.manifest.digest);
+    for tag in ["v1", "v2"] {
+        let current = repo.join("_manifests/tags").join(tag).join("current/link");
+        assert_eq!(fs::read_to_string(current).unwrap(), app.manifest.digest);
+        assert!(
+            repo.join("_manifests/tags")
+                .join(tag)
+                .join("index/sha256")
+                .join(hex(&app.manifest.digest))
+                .join("link")
+                .is_file()
+        );
+    }
+    // Each child of an index is a revision of the index's repository, and its blobs are layers.
+    let multi = v2.join("repositories/library/multi");
+    for child in [&p.made.amd64, &p.made.arm64] {
+        assert!(
+            multi
+                .join("_manifests/revisions/sha256")
+                .join(hex(&child.manifest.digest))
+                .join("link")
+                .is_file()
+        );
+        for blob in [&child.layer, &child.config] {
+            assert!(multi.join("_layers/sha256").join(hex(&blob.digest)).join("link").is_file());
+        }
+    }
+    // Every blob, manifests included, is stored once under blobs/.
+    let data = layout_blob(&p.dir.join("layout"), &app.layer.digest);
+    let stored =
+        v2.join("blobs/sha256").join(&hex(&app.layer.digest)[..2]).join(hex(&app.layer.digest)).join("data");
+    assert_eq!(fs::read(stored).unwrap(), data);
+
+    let images = registry::list_images(&p.storage).unwrap();
+    let expect = |repository: &str, tag: &str, digest: &str, media_type: &str| ImageRef {
+        repository: repository.into(),
+        tag: tag.into(),
+        digest: digest.into(),
+        media_type: media_type.into(),
+    };
+    assert_eq!(
+        images,
+        vec![
+            expect("library/app", "v1", &app.manifest.digest, OCI_MANIFEST),
+            expect("library/app", "v2", &app.manifest.digest, OCI_MANIFEST),
+            expect("library/multi", "v1", &p.made.index.digest, OCI_INDEX),
+        ]
+    );
+}
+
+#[test]
+fn skopeo_pulls_an_image_by_tag_and_by_digest() {
+    let p = pushed();
+    let served = serve(&p.storage);
+    let addr = served.local_addr();
+    let app = &p.made.app;
+
+    let start = Instant::now();
+    let inspect: serde_json::Value = serde_json::from_str(&ok(skopeo(&p.dir)
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{addr}/library/app:v1"))))
+    .unwrap();
+    // skopeo tries HTTPS first: a TLS handshake must be refused at once, not left to time out
+    // (10 s in Go's client).
+    assert!(start.elapsed() < Duration::from_secs(8), "skopeo inspect took {:?}", start.elapsed());
+    assert_eq!(inspect["Digest"], app.manifest.digest.as_str());
+    assert_eq!(inspect["Layers"], serde_json::json!([app.layer.digest]));
+    assert_eq!(inspect["RepoTags"], serde_json::json!(["v1", "v2"]));
+    assert_eq!(inspect["Architecture"], "amd64");
+
+    let out = p.dir.join("pulled");
+    let start = Instant::now();
+    ok(skopeo(&p.dir)
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{addr}/library/app:v1"))
+        .arg(format!("oci:{}:v1", out.display())));
+    let ours = start.elapsed();
+    eprintln!(
+        "skopeo copy of library/app:v1: {:?} from docker-registry, {:?} from kubeferry's registry",
+        p.docker_registry_copy, ours
+    );
+    ok(skopeo(&p.dir)
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{addr}/library/app@{}", app.manifest.digest))
+        .arg(format!("oci:{}:by-digest", out.display())));
+    ok(skopeo(&p.dir)
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{addr}/library/app:v2"))
+        .arg(format!("oci:{}:v2", out.display())));
+    for tag in ["v1", "by-digest", "v2"] {
+        assert_eq!(layout_manifest(&out, tag), app.manifest.digest, "{tag}");
+    }
+    // The bytes themselves, as pushed.
+    let layout = p.dir.join("layout");
+    for blob in [&app.manifest, &app.config, &app.layer] {
+        assert_eq!(layout_blob(&out, &blob.digest), layout_blob(&layout, &blob.digest), "{}", blob.digest);
+    }
+
+    // The headers a client relies on, over the real socket.
+    let (status, head, body) = http(addr, "GET", "/v2/library/app/manifests/v1");
+    assert_eq!(status, 200);
+    assert_eq!(header(&head, "Content-Type"), Some(OCI_MANIFEST));
+    assert_eq!(header(&head, "Docker-Content-Digest"), Some(app.manifest.digest.as_str()));
+    assert_eq!(header(&head, "Content-Length"), Some(body.len().to_string().as_str()));
+    assert_eq!(header(&head, "Docker-Distribution-API-Version"), Some("registry/2.0"));
+    let blob = format!("/v2/library/app/blobs/{}", app.layer.digest);
+    let (status, head, body) = http(addr, "HEAD", &blob);
+    assert_eq!((status, body.len()), (200, 0));
+    assert_eq!(header(&head, "Content-Length"), Some(app.layer.size.to_string().as_str()));
+    assert_eq!(header(&head, "Docker-Content-Digest"), Some(app.layer.digest.as_str()));
+    assert_eq!(header(&head, "Transfer-Encoding"), None);
+    let (status, head, body) = http(addr, "GET", &blob);
+    assert_eq!((status, header(&head, "Content-Type")), (200, Some("application/octet-stream")));
+    assert_eq!(sha256(&body), app.layer.digest);
+    served.stop();
+}
+
+#[test]
+fn skopeo_copies_a_multi_arch_index_with_all_its_children() {
+    let p = pushed();
+    let served = serve(&p.storage);
+    let addr = served.local_addr();
+    let raw = ok(skopeo(&p.dir)
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{addr}/library/multi:v1")));
+    assert_eq!(sha256(raw.as_bytes()), p.made.index.digest);
+    let index: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(index["mediaType"], OCI_INDEX);
+
+    let out = p.dir.join("multi");
+    ok(skopeo(&p.dir)
+        .args(["copy", "--all", "--src-tls-verify=false"])
+        .arg(format!("docker://{addr}/library/multi:v1"))
+        .arg(format!("oci:{}:multi", out.display())));
+    assert_eq!(layout_manifest(&out, "multi"), p.made.index.digest);
+    for child in [&p.made.amd64, &p.made.arm64] {
+        for blob in [&child.manifest, &child.config, &child.layer] {
+            assert_eq!(sha256(&layout_blob(&out, &blob.digest)), blob.digest);
+        }
+    }
+    // One platform picked from the index, as a node would.
+    let arm = p.dir.join("arm64");
+    ok(skopeo(&p.dir)
+        .args(["--override-arch", "arm64", "--override-os", "linux", "copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{addr}/library/multi:v1"))
+        .arg(format!("oci:{}:arm64", arm.display())));
+    assert_eq!(layout_manifest(&arm, "arm64"), p.made.arm64.manifest.digest);
+    // A child by digest, with its own media type.
+    let (status, head, _) =
+        http(addr, "HEAD", &format!("/v2/library/multi/manifests/{}", p.made.amd64.manifest.digest));
+    assert_eq!((status, header(&head, "Content-Type")), (200, Some(OCI_MANIFEST)));
+    served.stop();
+}
+
+#[test]
+fn missing_tags_traversal_and_pushes_are_refused() {
+    let p = pushed();
+    let before = tree(&p.storage);
+    let served = serve(&p.storage);
+    let addr = served.local_addr();
+
+    let out = run(skopeo(&p.dir)
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{addr}/library/app:nope")));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("manifest unknown"), "{stderr}");
+    let (status, _, body) = http(addr, "GET", "/v2/library/app/manifests/nope");
+    assert_eq!(status, 404);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["errors"][0]["code"], "MANIFEST_UNKNOWN");
+    let (status, _, body) = http(addr, "GET", "/v2/library/nope/tags/list");
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("NAME_UNKNOWN"));
+
+    // A push: skopeo fails, and nothing in the storage changes.
+    let out = run(skopeo(&p.dir)
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", p.dir.join("layout").display()))
+        .arg(format!("docker://{addr}/library/pushed:v1")));
+    assert!(!out.status.success(), "a push to the read-only registry succeeded");
+    let (status, _, body) = http(addr, "POST", "/v2/library/app/blobs/uploads/");
+    assert_eq!(status, 405);
+    assert!(String::from_utf8_lossy(&body).contains("UNSUPPORTED"));
+    let (status, _, _) = http(addr, "PUT", "/v2/library/app/manifests/v1");
+    assert_eq!(status, 405);
+    let (status, _, _) =
+        http(addr, "DELETE", &format!("/v2/library/app/manifests/{}", p.made.app.manifest.digest));
+    assert_eq!(status, 405);
+
+    // Requests that try to leave the storage directory.
+    let digest = p.made.app.layer.digest.clone();
+    fs::write(p.dir.join("outside"), "OUTSIDE-THE-STORAGE").unwrap();
+    let outside = sha256(b"OUTSIDE-THE-STORAGE");
+    for target in [
+        format!("/v2/../../etc/passwd/blobs/{digest}"),
+        format!("/v2/%2e%2e/%2e%2e/%2e%2e/etc/passwd/blobs/{digest}"),
+        format!("/v2/%2E%2E%2F%2E%2E%2Fetc/blobs/{digest}"),
+        format!("/v2//etc/passwd/blobs/{digest}"),
+        format!("/v2/%2Fetc%2Fpasswd/blobs/{digest}"),
+        format!("/v2/library/app/blobs/{outside}"),
+        "/v2/library/app/blobs/sha256:..%2F..%2F..%2F..%2Foutside".to_owned(),
+        "/v2/library/app/manifests/..%2F..%2F..%2F..%2F..%2Foutside".to_owned(),
+        "/v2/../../../outside/tags/list".to_owned(),
+        "/../../outside".to_owned(),
+        "/v2/library/app/_layers/tags/list".to_owned(),
+    ] {
+        let (status, _, body) = http(addr, "GET", &target);
+        let body = String::from_utf8_lossy(&body);
+        assert!(matches!(status, 400 | 404), "{target}: {status} {body}");
+        assert!(!body.contains("OUTSIDE-THE-STORAGE") && !body.contains("root:"), "{target}: {body}");
+    }
+    served.stop();
+    assert_eq!(tree(&p.storage), before, "the storage changed");
+}
+
+#[test]
+fn a_second_registry_on_the_same_port_is_refused_with_a_hint() {
+    let p = pushed();
+    let served = serve(&p.storage);
+    let err =
+        Registry::start(RegistryConfig { root: p.storage.clone(), listen: served.local_addr(), threads: 1 })
+            .unwrap_err();
+    assert!(matches!(err, RegistryError::Listen { .. }), "{err:?}");
+    assert_eq!(err.to_string(), format!("could not listen on '{}'", served.local_addr()));
+    assert!(err.hint().unwrap().contains("--registry-port"), "{:?}", err.hint());
+    // An empty directory is no storage.
+    let err = Registry::start(RegistryConfig {
+        root: p.dir.join("layout"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 1,
+    })
+    .unwrap_err();
+    assert!(matches!(err, RegistryError::NotAStorage { .. }), "{err:?}");
+}
+
+/// The copy time of a 64 MiB image from docker-registry and from kubeferry's registry.
+/// Run with `cargo test --test registry -- --ignored --nocapture bench`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn bench_copy_from_docker_registry_and_from_ours() {
+    require_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let layout = dir.join("layout");
+    // Incompressible content: a xorshift stream.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let big: Vec<u8> = (0..64 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let made = image(&layout, "amd64", &[("big.bin", &big)], flate2::Compression::fast());
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [descriptor(OCI_MANIFEST, &made.manifest,
+        serde_json::json!({"annotations": {"org.opencontainers.image.ref.name": "v1"}}))]});
+    fs::write(layout.join("index.json"), top.to_string()).unwrap();
+    fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let storage = dir.join("storage");
+    let copy = |addr: SocketAddr, out: &str| {
+        let start = Instant::now();
+        ok(skopeo(dir)
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{addr}/library/big:v1"))
+            .arg(format!("oci:{}:v1", dir.join(out).display())));
+        start.elapsed()
+    };
+    let (running, addr) = docker_registry(dir, &storage);
+    ok(skopeo(dir)
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{addr}/library/big:v1")));
+    let theirs = copy(addr, "theirs");
+    drop(running);
+    let served = serve_big(&storage);
+    let ours = copy(served.local_addr(), "ours");
+    eprintln!(
+        "skopeo copy of a {} MiB layer: docker-registry {theirs:?}, kubeferry {ours:?}",
+        made.layer.size >> 20
+    );
+}
+
+fn serve_big(storage: &Path) -> Registry {
+    Registry::start(RegistryConfig {
+        root: storage.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 4,
+    })
+    .unwrap()
+}
