@@ -16,6 +16,7 @@ use kubeferry_installer::extract::{self, ExtractOptions};
 use kubeferry_installer::preflight::{self, CONTROL_PLANE_PORTS, Facts, Requirements};
 use kubeferry_installer::progress::Reporter;
 use kubeferry_installer::reader::{Authenticity, Bundle, Verified};
+use kubeferry_installer::registry::{Registry, RegistryConfig, RegistryError};
 use kubeferry_installer::trust::{TRUSTED_KEYS_DIR, Trust};
 use kubeferry_term::{Terminal, print_error, render_entries, render_summary};
 
@@ -79,6 +80,23 @@ enum Command {
         #[command(flatten)]
         trust: TrustArgs,
     },
+    /// Serve a registry storage directory read-only over the OCI distribution API, until
+    /// stopped (the bundled registry's service runs this).
+    ServeRegistry(ServeRegistryArgs),
+}
+
+/// Options of the registry service.
+#[derive(Debug, Args)]
+struct ServeRegistryArgs {
+    /// The registry storage directory: the one that holds docker/registry/v2.
+    #[arg(long, value_name = "DIR")]
+    root: PathBuf,
+    /// The address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:5000")]
+    listen: std::net::SocketAddr,
+    /// Threads serving requests.
+    #[arg(long, default_value_t = kubeferry_installer::registry::DEFAULT_THREADS)]
+    threads: usize,
 }
 
 /// Which key the bundle must be signed by.
@@ -132,6 +150,16 @@ fn main() -> ExitCode {
                 advertise_address: *advertise_address,
             };
             (format!("could not install '{shown}'"), install(&file, &options, trust, &term))
+        }
+        Some(Command::ServeRegistry(args)) => {
+            let context = format!("could not serve the registry in '{}'", args.root.display());
+            return match serve_registry(args, &term) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    print_error(&context, &e, e.hint());
+                    ExitCode::from(1)
+                }
+            };
         }
     };
     match result {
@@ -231,6 +259,23 @@ fn extract_to(file: &Path, to: &Path, force: bool, trust: &TrustArgs, term: &Ter
         human_bytes(summary.bytes),
         to.display()
     ));
+    Ok(())
+}
+
+/// Serves until SIGINT or SIGTERM, then stops cleanly.
+fn serve_registry(args: &ServeRegistryArgs, term: &Terminal) -> Result<(), RegistryError> {
+    let stop = kubeferry_term::cancel_on_signal();
+    let registry = Registry::start(RegistryConfig {
+        root: args.root.clone(),
+        listen: args.listen,
+        threads: args.threads,
+    })?;
+    term.say(&format!("serving '{}' read-only on {}", args.root.display(), registry.local_addr()));
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    registry.stop();
+    term.say("stopped");
     Ok(())
 }
 

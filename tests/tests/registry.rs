@@ -663,3 +663,36 @@ fn serve_big(storage: &Path) -> Registry {
     })
     .unwrap()
 }
+
+/// The stub's `serve-registry` command, as the bundled registry's service runs it: serves the
+/// storage until SIGTERM, then exits cleanly.
+#[test]
+fn the_stub_serves_a_storage_directory_until_it_is_stopped() {
+    let p = pushed();
+    let addr = free_addr();
+    let child = Command::new(kubeferry_tests::stub_bin())
+        .arg("serve-registry")
+        .arg("--root")
+        .arg(&p.storage)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let ready =
+        registry::wait_ready(addr, "sea.hub:5000", Some(("library/app", "v1")), Duration::from_secs(10));
+    let inspect = ready.as_ref().ok().map(|_| {
+        ok(skopeo(&p.dir)
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{addr}/library/app:v1")))
+    });
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ready.unwrap_or_else(|e| panic!("{e}\n{stderr}"));
+    let inspect: serde_json::Value = serde_json::from_str(&inspect.unwrap()).unwrap();
+    assert_eq!(inspect["Digest"], p.made.app.manifest.digest.as_str());
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(&format!("serving '{}' read-only on {addr}", p.storage.display())), "{stderr}");
+}
