@@ -206,15 +206,13 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
         let entries = collect::collect(&args.rootfs, arch)?;
         let facts = collect::facts(&entries);
         let spec = Spec {
-            name: args.name.clone(),
-            version: args.version.clone(),
-            arch,
             kubernetes_version: args.kubernetes_version.clone().or(facts.kubernetes_version),
             cri: facts.cri,
             mtime,
             level: args.level,
             jobs: args.jobs.map_or(0, usize::from),
             cancel: Some(cancel.clone()),
+            ..Spec::new(&args.name, &args.version, arch)
         };
         term.say(&format!("building {} with stub '{}'", spec.file_name(), stub_path.display()));
         let packed = pack::pack(stub_bytes, &entries, &spec, key.as_ref(), &args.out, term)?;

@@ -167,6 +167,22 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// A spec with the defaults: unknown Kubernetes version and runtime, mtime 0, zstd level 3,
+    /// one compression thread per core, no cancellation.
+    pub fn new(name: &str, version: &str, arch: Arch) -> Spec {
+        Spec {
+            name: name.to_string(),
+            version: version.to_string(),
+            arch,
+            kubernetes_version: None,
+            cri: None,
+            mtime: 0,
+            level: 3,
+            jobs: 0,
+            cancel: None,
+        }
+    }
+
     /// The bundle's file name: `NAME-VERSION-linux-ARCH.run`.
     pub fn file_name(&self) -> String {
         bundle_file_name(&self.name, &self.version, self.arch)

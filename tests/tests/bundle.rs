@@ -522,17 +522,7 @@ fn malicious(dir: &Path, entries: Vec<PackEntry>) -> (PathBuf, PathBuf) {
     let key = SecretKey::generate().unwrap();
     let public = dir.join("test.pub");
     fs::write(&public, key.public_key().to_file_string()).unwrap();
-    let spec = Spec {
-        name: "evil".into(),
-        version: "1".into(),
-        arch: Arch::Amd64,
-        kubernetes_version: None,
-        cri: None,
-        mtime: 0,
-        level: 3,
-        jobs: 0,
-        cancel: None,
-    };
+    let spec = Spec::new("evil", "1", Arch::Amd64);
     let stub = fs::read(stub_bin()).unwrap();
     let packed = pack(&stub, &entries, &spec, Some(&key), &dir.join("dist"), &Silent).unwrap();
     (packed.path, public)

@@ -45,17 +45,7 @@ fn bundle_with_noise(dir: &Path, size: usize) -> (PathBuf, PathBuf) {
             },
         },
     ];
-    let spec = Spec {
-        name: "noise".into(),
-        version: "1".into(),
-        arch: Arch::Amd64,
-        kubernetes_version: None,
-        cri: None,
-        mtime: 0,
-        level: 1,
-        jobs: 0,
-        cancel: None,
-    };
+    let spec = Spec { level: 1, ..Spec::new("noise", "1", Arch::Amd64) };
     let stub = fs::read(stub_bin()).unwrap();
     let packed = pack(&stub, &entries, &spec, Some(&key), &dir.join("dist"), &Silent).unwrap();
     fs::remove_file(data).unwrap();
