@@ -161,6 +161,21 @@ pub enum Error {
     /// A key could not be used.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// A command the install ran failed.
+    #[error("{command} failed ({status}); the install log is '{log}':\n{output}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// The last lines of its output.
+        output: String,
+        /// The install log, which holds all of it.
+        log: PathBuf,
+    },
+    /// The container runtime could not be set up.
+    #[error("the container runtime cannot be installed: {0}")]
+    Runtime(String),
     /// The host lacks what the install needs.
     #[error("this host is not ready for the install:\n{}", render_findings(.findings))]
     Preflight {
@@ -206,7 +221,9 @@ impl Error {
             | Error::Unpack { .. }
             | Error::TargetExists { .. }
             | Error::NoSpace { .. }
-            | Error::InstallUnavailable { .. } => exit::FAILED,
+            | Error::InstallUnavailable { .. }
+            | Error::Command { .. }
+            | Error::Runtime(_) => exit::FAILED,
             Error::Key(KeyError::Io { .. }) => exit::FAILED,
             Error::WrongArch { .. } | Error::Preflight { .. } => exit::PREFLIGHT,
             Error::Interrupted => exit::INTERRUPTED,

@@ -14,8 +14,10 @@
 //! Libraries never print: progress goes through [`progress::Reporter`].
 
 pub mod arch;
+pub mod cri;
 pub mod error;
 pub mod extract;
+pub mod host;
 pub mod keys;
 pub mod manifest;
 pub mod pipeline;

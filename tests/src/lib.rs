@@ -215,3 +215,104 @@ pub fn listing(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// The example rootfs of `packaging/example-rootfs/mini.sh` (Debian's containerd, runc,
+/// conntrack, socat for amd64 and arm64), made once per test process.
+pub fn example_rootfs() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = root().join("target/test-example-rootfs");
+        must(Command::new(root().join("packaging/example-rootfs/mini.sh")).arg(&dir), "mini.sh");
+        dir
+    })
+}
+
+/// A target host kept below a root directory, for tests. Paths map below the root; commands
+/// run as they are. It stands in for systemd, and only for systemd: starting a unit runs the
+/// unit file's `ExecStart` (as the install wrote it) in a private mount namespace, with its
+/// output in `ROOT/var/log/UNIT.log`, and stopping it kills that process.
+#[derive(Debug)]
+pub struct RootedHost {
+    /// The root directory.
+    pub root: PathBuf,
+    log_path: PathBuf,
+    services: std::sync::Mutex<Vec<(String, std::process::Child)>>,
+}
+
+impl RootedHost {
+    /// A host below `root` (created).
+    pub fn new(root: &Path) -> RootedHost {
+        fs::create_dir_all(root.join("var/log")).unwrap();
+        RootedHost {
+            root: root.to_path_buf(),
+            log_path: root.join("var/log/kubeferry-install.log"),
+            services: Default::default(),
+        }
+    }
+
+    /// The install log.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// A service's output.
+    pub fn service_log(&self, unit: &str) -> String {
+        fs::read_to_string(self.root.join(format!("var/log/{unit}.log"))).unwrap_or_default()
+    }
+}
+
+impl kubeferry_installer::host::Host for RootedHost {
+    fn path(&self, target: &Path) -> PathBuf {
+        self.root.join(target.strip_prefix("/").unwrap_or(target))
+    }
+
+    fn run(&self, command: &mut Command) -> kubeferry_installer::Result<String> {
+        kubeferry_installer::host::run_logged(self, command, &self.log_path)
+    }
+
+    fn start_service(&self, unit: &str) -> kubeferry_installer::Result<()> {
+        let file = self.path(&Path::new("/etc/systemd/system").join(unit));
+        let text = fs::read_to_string(&file).unwrap_or_else(|e| panic!("no unit '{}': {e}", file.display()));
+        let exec = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("ExecStart="))
+            .unwrap_or_else(|| panic!("no ExecStart in '{}'", file.display()));
+        let argv: Vec<&str> = exec.split_whitespace().collect();
+        let out = fs::File::create(self.root.join(format!("var/log/{unit}.log"))).unwrap();
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--"])
+            .args(&argv)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {unit}: {e}"));
+        kubeferry_installer::host::Host::log(self, &format!("started {unit}: {exec}"));
+        self.services.lock().unwrap().push((unit.to_string(), child));
+        Ok(())
+    }
+
+    fn stop_service(&self, unit: &str) -> kubeferry_installer::Result<()> {
+        let mut services = self.services.lock().unwrap();
+        for (_, child) in services.iter_mut().filter(|(name, _)| name == unit) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        services.retain(|(name, _)| name != unit);
+        Ok(())
+    }
+
+    fn log(&self, line: &str) {
+        use std::io::Write;
+        let mut file = fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
+        writeln!(file, "{line}").unwrap();
+    }
+}
+
+impl Drop for RootedHost {
+    fn drop(&mut self) {
+        for (_, child) in self.services.lock().unwrap().iter_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! The container runtime: containerd from the rootfs's `cri/containerd.tar.gz`, configured to
+//! pull from the bundled registry, started as a service, and waited for until it answers.
+//!
+//! Every path goes through [`Host::path`], also the paths written into containerd's own
+//! configuration and unit, so the same code installs on a real host and below a test root.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use toml_edit::{DocumentMut, Item, Table, value};
+
+use crate::error::{Error, Result};
+use crate::host::{Host, write_file};
+
+/// Where the runtime's binaries go.
+pub const BIN_DIR: &str = "/usr/local/bin";
+/// containerd's configuration.
+pub const CONFIG: &str = "/etc/containerd/config.toml";
+/// One directory per registry host, each with a `hosts.toml`.
+pub const CERTS_DIR: &str = "/etc/containerd/certs.d";
+/// The systemd unit's name.
+pub const UNIT_NAME: &str = "containerd.service";
+/// The systemd unit file.
+pub const UNIT: &str = "/etc/systemd/system/containerd.service";
+/// containerd's socket.
+pub const SOCKET: &str = "/run/containerd/containerd.sock";
+/// containerd's persistent data.
+pub const ROOT_DIR: &str = "/var/lib/containerd";
+/// containerd's runtime state.
+pub const STATE_DIR: &str = "/run/containerd";
+/// The tarball in the rootfs.
+pub const TARBALL: &str = "cri/containerd.tar.gz";
+/// How long containerd may take to answer once started.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Files of the rootfs that kubeferry uses when present, the first found of each list.
+const IMAGE_CONFIGS: [&str; 3] = ["etc/config.toml", "etc/containerd-config.toml", "etc/containerd.toml"];
+const IMAGE_UNIT: &str = "etc/containerd.service";
+const IMAGE_HOSTS: &str = "etc/hosts.toml";
+
+/// The configuration used when the image ships none.
+const DEFAULT_CONFIG: &str = r#"# containerd configuration written by kubeferry.
+version = 2
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+"#;
+
+/// The unit used when the image ships none.
+const DEFAULT_UNIT: &str = "# containerd service written by kubeferry.
+[Unit]
+Description=containerd container runtime
+After=network.target local-fs.target
+
+[Service]
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=/usr/local/bin/containerd
+Type=notify
+Delegate=yes
+KillMode=process
+Restart=always
+RestartSec=5
+LimitNPROC=infinity
+LimitCORE=infinity
+LimitNOFILE=infinity
+TasksMax=infinity
+OOMScoreAdjust=-999
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// How the runtime is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeSettings {
+    /// The bundled registry, `host:port` (e.g. `sea.hub:5000`), served over plain HTTP.
+    pub registry: String,
+    /// Whether runc uses the systemd cgroup driver (as the kubelet must then).
+    pub systemd_cgroup: bool,
+    /// The pause image, when the install sets it.
+    pub sandbox_image: Option<String>,
+}
+
+/// What the runtime step wrote, for uninstall.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Installed {
+    /// Every file written, as host paths.
+    pub files: Vec<PathBuf>,
+}
+
+/// Installs containerd from the rootfs, configures it, starts it and waits until it answers.
+pub fn install_containerd(host: &dyn Host, rootfs: &Path, settings: &RuntimeSettings) -> Result<Installed> {
+    let mut installed = Installed::default();
+    let tarball = rootfs.join(TARBALL);
+    if !tarball.is_file() {
+        return Err(Error::Runtime(format!("the rootfs has no '{TARBALL}'")));
+    }
+    installed.files.extend(unpack_binaries(host, &tarball)?);
+
+    let image_config = IMAGE_CONFIGS.iter().map(|p| rootfs.join(p)).find(|p| p.is_file());
+    let template = match &image_config {
+        Some(path) => std::fs::read_to_string(path).map_err(Error::io("read", path))?,
+        None => DEFAULT_CONFIG.to_string(),
+    };
+    write_file(host, Path::new(CONFIG), render_config(&template, host, settings)?.as_bytes(), 0o644)?;
+    installed.files.push(CONFIG.into());
+
+    let hosts_path = Path::new(CERTS_DIR).join(&settings.registry).join("hosts.toml");
+    let image_hosts = rootfs.join(IMAGE_HOSTS);
+    let hosts = if image_hosts.is_file() {
+        std::fs::read_to_string(&image_hosts).map_err(Error::io("read", &image_hosts))?
+    } else {
+        default_hosts(&settings.registry)
+    };
+    write_file(host, &hosts_path, hosts.as_bytes(), 0o644)?;
+    installed.files.push(hosts_path);
+
+    let image_unit = rootfs.join(IMAGE_UNIT);
+    let unit = if image_unit.is_file() {
+        std::fs::read_to_string(&image_unit).map_err(Error::io("read", &image_unit))?
+    } else {
+        DEFAULT_UNIT.to_string()
+    };
+    write_file(host, Path::new(UNIT), render_unit(&unit, host)?.as_bytes(), 0o644)?;
+    installed.files.push(UNIT.into());
+
+    host.start_service(UNIT_NAME)?;
+    wait_ready(host, READY_TIMEOUT)?;
+    Ok(installed)
+}
+
+/// Unpacks the runtime's executables into [`BIN_DIR`]. The tarball may hold them flat, under
+/// `bin/`, or under `usr/local/bin/`; anything else in it is refused by name.
+fn unpack_binaries(host: &dyn Host, tarball: &Path) -> Result<Vec<PathBuf>> {
+    let file = std::fs::File::open(tarball).map_err(Error::io("open", tarball))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut written = Vec::new();
+    for entry in archive.entries().map_err(Error::io("read", tarball))? {
+        let mut entry = entry.map_err(Error::io("read", tarball))?;
+        let path = entry.path().map_err(Error::io("read", tarball))?.into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            continue;
+        }
+        let name = binary_name(&path).filter(|_| kind.is_file()).ok_or_else(|| {
+            Error::Runtime(format!(
+                "'{}' in '{}' is not an executable under bin/: the tarball holds only the runtime's binaries",
+                path.display(),
+                tarball.display()
+            ))
+        })?;
+        let mut bytes = Vec::with_capacity(entry.size() as usize);
+        entry.read_to_end(&mut bytes).map_err(Error::io("read", tarball))?;
+        let target = Path::new(BIN_DIR).join(name);
+        write_file(host, &target, &bytes, 0o755)?;
+        written.push(target);
+    }
+    if !written.iter().any(|p| p.ends_with("containerd")) {
+        return Err(Error::Runtime(format!("'{}' holds no containerd executable", tarball.display())));
+    }
+    Ok(written)
+}
+
+/// The file name of a runtime binary at `path` in the tarball: `NAME`, `bin/NAME` or
+/// `usr/local/bin/NAME`, optionally behind `./`.
+fn binary_name(path: &Path) -> Option<String> {
+    let parts: Vec<String> = path
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .map(|c| match c {
+            Component::Normal(n) => n.to_str().map(str::to_owned),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    match parts.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [name] | ["bin", name] | ["usr", "local", "bin", name] => Some(name.to_string()),
+        _ => None,
+    }
+}
+
+/// Takes the image's containerd configuration (or the default) and sets what the install owns:
+/// where containerd keeps its data and socket, where it finds the registry hosts, the cgroup
+/// driver, and the pause image. Comments and everything else stay as the image wrote them.
+pub fn render_config(template: &str, host: &dyn Host, settings: &RuntimeSettings) -> Result<String> {
+    let mut doc: DocumentMut = template.parse().map_err(|e| {
+        Error::Runtime(format!("the image's containerd configuration is not valid TOML: {e}"))
+    })?;
+    let shown = |p: &str| host.path(Path::new(p)).to_string_lossy().into_owned();
+    doc["version"] = value(2);
+    doc["root"] = value(shown(ROOT_DIR));
+    doc["state"] = value(shown(STATE_DIR));
+    table(&mut doc, &["grpc"])["address"] = value(shown(SOCKET));
+    let cri = ["plugins", "io.containerd.grpc.v1.cri"];
+    table(&mut doc, &[&cri[..], &["registry"]].concat())["config_path"] = value(shown(CERTS_DIR));
+    let runc = [&cri[..], &["containerd", "runtimes", "runc"]].concat();
+    if table(&mut doc, &runc).get("runtime_type").is_none() {
+        table(&mut doc, &runc)["runtime_type"] = value("io.containerd.runc.v2");
+    }
+    table(&mut doc, &[&runc[..], &["options"]].concat())["SystemdCgroup"] = value(settings.systemd_cgroup);
+    if let Some(image) = &settings.sandbox_image {
+        table(&mut doc, &cri)["sandbox_image"] = value(image.as_str());
+    }
+    Ok(doc.to_string())
+}
+
+/// The table at `keys`, created (implicit, so only its leaves are written) when missing.
+fn table<'a>(doc: &'a mut DocumentMut, keys: &[&str]) -> &'a mut Table {
+    let mut current = doc.as_table_mut();
+    for key in keys {
+        let item = current.entry(key).or_insert_with(|| {
+            let mut t = Table::new();
+            t.set_implicit(true);
+            Item::Table(t)
+        });
+        if !item.is_table() {
+            let mut t = Table::new();
+            t.set_implicit(true);
+            *item = Item::Table(t);
+        }
+        current = match item.as_table_mut() {
+            Some(t) => t,
+            // Just made a table of it.
+            None => unreachable!("the item was made a table"),
+        };
+    }
+    current
+}
+
+/// `hosts.toml` for a plain-HTTP registry that serves pulls.
+pub fn default_hosts(registry: &str) -> String {
+    format!(
+        "# The bundled registry, written by kubeferry.\nserver = \"http://{registry}\"\n\n\
+         [host.\"http://{registry}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+    )
+}
+
+/// The image's unit with kubeferry's `ExecStart`, naming the binary and configuration it
+/// installed.
+pub fn render_unit(unit: &str, host: &dyn Host) -> Result<String> {
+    let exec = format!(
+        "ExecStart={} --config {}",
+        host.path(&Path::new(BIN_DIR).join("containerd")).display(),
+        host.path(Path::new(CONFIG)).display()
+    );
+    let mut found = false;
+    let lines: Vec<String> = unit
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("ExecStart=") {
+                found = true;
+                exec.clone()
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    if !found {
+        return Err(Error::Runtime("the image's containerd.service has no ExecStart line".into()));
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+/// Waits until containerd accepts connections on its socket and answers `ctr version`.
+pub fn wait_ready(host: &dyn Host, timeout: Duration) -> Result<()> {
+    let socket = host.path(Path::new(SOCKET));
+    let ctr = host.path(&Path::new(BIN_DIR).join("ctr"));
+    let start = Instant::now();
+    loop {
+        if UnixStream::connect(&socket).is_ok() {
+            let answered = host.run(Command::new(&ctr).arg("--address").arg(&socket).arg("version"));
+            match answered {
+                Ok(out) if out.contains("Server:") => {
+                    host.log(&format!("containerd answers on {}", socket.display()));
+                    return Ok(());
+                }
+                Err(e) if start.elapsed() > timeout => return Err(e),
+                _ => {}
+            }
+        }
+        if start.elapsed() > timeout {
+            return Err(Error::Runtime(format!(
+                "containerd did not answer on '{}' within {} s; see its service's log",
+                socket.display(),
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Paths below a root; no commands or services (these tests only render).
+    struct Rooted(PathBuf, Mutex<Vec<String>>);
+
+    impl Host for Rooted {
+        fn path(&self, target: &Path) -> PathBuf {
+            self.0.join(target.strip_prefix("/").unwrap_or(target))
+        }
+        fn run(&self, _: &mut Command) -> Result<String> {
+            unreachable!("rendering runs nothing")
+        }
+        fn start_service(&self, _: &str) -> Result<()> {
+            unreachable!("rendering starts nothing")
+        }
+        fn stop_service(&self, _: &str) -> Result<()> {
+            unreachable!("rendering stops nothing")
+        }
+        fn log(&self, line: &str) {
+            self.1.lock().unwrap().push(line.to_string());
+        }
+    }
+
+    fn settings() -> RuntimeSettings {
+        RuntimeSettings { registry: "sea.hub:5000".into(), systemd_cgroup: true, sandbox_image: None }
+    }
+
+    #[test]
+    fn the_image_configuration_keeps_its_comments_and_gains_what_the_install_owns() {
+        let image = "# the image's own comment\nversion = 2\n\n[plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\"]\n    sandbox_image = \"sea.hub:5000/pause:3.2\"\n    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n      SystemdCgroup = false\n";
+        let host = Rooted(PathBuf::from("/tmp/root"), Mutex::default());
+        let out = render_config(image, &host, &settings()).unwrap();
+        assert!(out.starts_with("# the image's own comment\nversion = 2\n"), "{out}");
+        let doc: DocumentMut = out.parse().unwrap();
+        assert_eq!(doc["root"].as_str(), Some("/tmp/root/var/lib/containerd"));
+        assert_eq!(doc["grpc"]["address"].as_str(), Some("/tmp/root/run/containerd/containerd.sock"));
+        let cri = &doc["plugins"]["io.containerd.grpc.v1.cri"];
+        assert_eq!(cri["registry"]["config_path"].as_str(), Some("/tmp/root/etc/containerd/certs.d"));
+        assert_eq!(cri["sandbox_image"].as_str(), Some("sea.hub:5000/pause:3.2"));
+        let runc = &cri["containerd"]["runtimes"]["runc"];
+        assert_eq!(runc["options"]["SystemdCgroup"].as_bool(), Some(true));
+        assert_eq!(runc["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
+    }
+
+    #[test]
+    fn the_default_configuration_on_a_real_host() {
+        struct Real;
+        impl Host for Real {
+            fn path(&self, target: &Path) -> PathBuf {
+                target.to_path_buf()
+            }
+            fn run(&self, _: &mut Command) -> Result<String> {
+                unreachable!()
+            }
+            fn start_service(&self, _: &str) -> Result<()> {
+                unreachable!()
+            }
+            fn stop_service(&self, _: &str) -> Result<()> {
+                unreachable!()
+            }
+            fn log(&self, _: &str) {}
+        }
+        let s = RuntimeSettings { sandbox_image: Some("sea.hub:5000/pause:3.2".into()), ..settings() };
+        let out = render_config(DEFAULT_CONFIG, &Real, &s).unwrap();
+        assert_eq!(
+            out,
+            "# containerd configuration written by kubeferry.\nversion = 2\nroot = \"/var/lib/containerd\"\n\
+             state = \"/run/containerd\"\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+             sandbox_image = \"sea.hub:5000/pause:3.2\"\n\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\nSystemdCgroup = true\n\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/etc/containerd/certs.d\"\n\n\
+             [grpc]\naddress = \"/run/containerd/containerd.sock\"\n"
+        );
+        assert_eq!(
+            render_unit(DEFAULT_UNIT, &Real).unwrap().lines().find(|l| l.starts_with("ExecStart=")),
+            Some("ExecStart=/usr/local/bin/containerd --config /etc/containerd/config.toml")
+        );
+    }
+
+    #[test]
+    fn tarball_paths_are_binaries_or_refused() {
+        assert_eq!(binary_name(Path::new("bin/containerd")).as_deref(), Some("containerd"));
+        assert_eq!(binary_name(Path::new("./usr/local/bin/ctr")).as_deref(), Some("ctr"));
+        assert_eq!(binary_name(Path::new("runc")).as_deref(), Some("runc"));
+        assert_eq!(binary_name(Path::new("../bin/runc")), None);
+        assert_eq!(binary_name(Path::new("/usr/local/bin/runc")), None);
+        assert_eq!(binary_name(Path::new("etc/containerd/config.toml")), None);
+        assert!(
+            render_unit("[Service]\nType=notify\n", &Rooted(PathBuf::from("/r"), Mutex::default())).is_err()
+        );
+    }
+}

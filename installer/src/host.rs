@@ -1,0 +1,146 @@
+//! The one place every side effect on a target host goes through.
+//!
+//! [`SystemHost`] is the real host: paths are what they say, commands run as they are, and
+//! services are systemd units. Tests put another [`Host`] in its place that keeps every path
+//! below a root directory and runs the same real programs, so that an install step can be
+//! exercised without touching the machine that runs the tests.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+
+/// A target host.
+pub trait Host: Send + Sync {
+    /// Where the host's absolute path `target` is for this process: `target` itself on a real
+    /// host, the same path below a root directory in a test.
+    fn path(&self, target: &Path) -> PathBuf;
+
+    /// Runs a command to completion; its command line and output go to the install log.
+    /// A command that fails is an error that names it and the log.
+    fn run(&self, command: &mut Command) -> Result<String>;
+
+    /// Reloads the unit files and enables and starts `unit`.
+    fn start_service(&self, unit: &str) -> Result<()>;
+
+    /// Stops and disables `unit`; a unit that is not there is not an error.
+    fn stop_service(&self, unit: &str) -> Result<()>;
+
+    /// Appends a line to the install log.
+    fn log(&self, line: &str);
+}
+
+/// Writes `bytes` to the host's `target` through a temporary file and a rename, creating the
+/// parent directories, with `mode`.
+pub fn write_file(host: &dyn Host, target: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let path = host.path(target);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
+    }
+    let partial = path.with_file_name(format!(
+        ".{}.kubeferry-partial",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let _ = fs::remove_file(&partial);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&partial)
+        .map_err(Error::io("create", &partial))?;
+    file.write_all(bytes).map_err(Error::io("write", &partial))?;
+    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(Error::io("set the mode of", &partial))?;
+    file.sync_all().map_err(Error::io("sync", &partial))?;
+    fs::rename(&partial, &path).map_err(Error::io("rename into place", &path))?;
+    host.log(&format!("wrote {} ({} bytes, mode {mode:o})", target.display(), bytes.len()));
+    Ok(())
+}
+
+/// The real host, with its install log.
+#[derive(Debug)]
+pub struct SystemHost {
+    log: Mutex<Option<fs::File>>,
+    log_path: PathBuf,
+}
+
+impl SystemHost {
+    /// A real host that logs to `log_path` (created, appended to).
+    pub fn new(log_path: &Path) -> Result<SystemHost> {
+        if let Some(parent) = log_path.parent() {
+            fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(log_path)
+            .map_err(Error::io("open", log_path))?;
+        Ok(SystemHost { log: Mutex::new(Some(file)), log_path: log_path.to_path_buf() })
+    }
+
+    /// The install log.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+}
+
+impl Host for SystemHost {
+    fn path(&self, target: &Path) -> PathBuf {
+        target.to_path_buf()
+    }
+
+    fn run(&self, command: &mut Command) -> Result<String> {
+        run_logged(self, command, &self.log_path)
+    }
+
+    fn start_service(&self, unit: &str) -> Result<()> {
+        self.run(Command::new("systemctl").arg("daemon-reload"))?;
+        self.run(Command::new("systemctl").args(["enable", "--now", unit])).map(|_| ())
+    }
+
+    fn stop_service(&self, unit: &str) -> Result<()> {
+        // `disable --now` of a unit that does not exist fails; that is not an error here.
+        let _ = self.run(Command::new("systemctl").args(["disable", "--now", unit]));
+        Ok(())
+    }
+
+    fn log(&self, line: &str) {
+        if let Ok(mut guard) = self.log.lock()
+            && let Some(file) = guard.as_mut()
+        {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}
+
+/// Runs a command, logging its command line and output to `host`'s log; a failure names the
+/// command, its exit status, the tail of its output and `log_path`.
+pub fn run_logged(host: &dyn Host, command: &mut Command, log_path: &Path) -> Result<String> {
+    let shown = format!("{command:?}");
+    host.log(&format!("$ {shown}"));
+    let output = command.output().map_err(|e| Error::Command {
+        command: shown.clone(),
+        status: "could not start".into(),
+        output: e.to_string(),
+        log: log_path.to_path_buf(),
+    })?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    for line in stdout.lines().chain(stderr.lines()) {
+        host.log(&format!("  {line}"));
+    }
+    if !output.status.success() {
+        let tail: Vec<&str> = stderr.lines().chain(stdout.lines()).rev().take(5).collect();
+        return Err(Error::Command {
+            command: shown,
+            status: output.status.to_string(),
+            output: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            log: log_path.to_path_buf(),
+        });
+    }
+    Ok(stdout)
+}

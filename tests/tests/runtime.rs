@@ -1,0 +1,96 @@
+//! The container runtime step with the real containerd and runc of the example rootfs
+//! (Debian's packages), unpacked from a real signed bundle into a test root.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+
+use kubeferry_installer::cri::{self, RuntimeSettings};
+use kubeferry_tests::*;
+
+/// Builds a bundle of the example rootfs, extracts it with the stub, and returns the
+/// extracted rootfs (the amd64 overlay laid over the common tree).
+fn extracted_example(dir: &std::path::Path) -> PathBuf {
+    let (key, public) = keygen(dir, "release");
+    let out = ok(kubeferry()
+        .args(["build", "--quiet", "--name", "example", "--version", "v1.20.2", "-o"])
+        .arg(dir.join("dist"))
+        .arg("--key")
+        .arg(&key)
+        .arg(format!("--stub=amd64={}", stub_bin().display()))
+        .arg(example_rootfs()));
+    let rootfs = dir.join("rootfs");
+    ok(Command::new(out.trim())
+        .args(["extract", "--quiet", "--to"])
+        .arg(&rootfs)
+        .arg("--trusted-key")
+        .arg(&public));
+    rootfs
+}
+
+#[test]
+fn containerd_from_the_bundle_starts_with_the_rendered_configuration_and_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = extracted_example(tmp.path());
+    let host = RootedHost::new(&tmp.path().join("host"));
+    let settings = RuntimeSettings {
+        registry: "sea.hub:5000".into(),
+        systemd_cgroup: true,
+        sandbox_image: Some("sea.hub:5000/pause:3.2".into()),
+    };
+    let installed = cri::install_containerd(&host, &rootfs, &settings).unwrap_or_else(|e| {
+        panic!("{e:?}\nlog:\n{}\ncontainerd:\n{}", host.log_text(), host.service_log("containerd.service"))
+    });
+
+    // The real containerd answers on the socket the rendered configuration names.
+    let root = &host.root;
+    let socket = root.join("run/containerd/containerd.sock");
+    let version =
+        ok(Command::new(root.join("usr/local/bin/ctr")).arg("--address").arg(&socket).arg("version"));
+    assert!(version.contains("Server:") && version.contains("1.6.20"), "{version}");
+    assert!(root.join("var/lib/containerd").is_dir(), "containerd keeps its data below the root");
+
+    let config = fs::read_to_string(root.join("etc/containerd/config.toml")).unwrap();
+    assert!(
+        config.starts_with("# containerd 1.6.20 configuration for the cluster"),
+        "the image's file, kept: {config}"
+    );
+    assert!(
+        config.contains(&format!("config_path = \"{}\"", root.join("etc/containerd/certs.d").display())),
+        "{config}"
+    );
+    assert!(config.contains("SystemdCgroup = true"), "{config}");
+    let hosts = fs::read_to_string(root.join("etc/containerd/certs.d/sea.hub:5000/hosts.toml")).unwrap();
+    assert!(hosts.contains("server = \"http://sea.hub:5000\""), "{hosts}");
+    let unit = fs::read_to_string(root.join("etc/systemd/system/containerd.service")).unwrap();
+    assert!(unit.contains(&format!(
+        "ExecStart={} --config {}",
+        root.join("usr/local/bin/containerd").display(),
+        root.join("etc/containerd/config.toml").display()
+    )));
+    for binary in ["containerd", "containerd-shim-runc-v2", "ctr", "runc"] {
+        let path = root.join("usr/local/bin").join(binary);
+        assert!(installed.files.contains(&PathBuf::from("/usr/local/bin").join(binary)), "{binary} recorded");
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&path).unwrap().permissions()) & 0o777,
+            0o755
+        );
+    }
+    let log = host.log_text();
+    assert!(log.contains("containerd answers on"), "{log}");
+}
+
+#[test]
+fn a_rootfs_without_a_runtime_tarball_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = RootedHost::new(&tmp.path().join("host"));
+    let settings =
+        RuntimeSettings { registry: "sea.hub:5000".into(), systemd_cgroup: true, sandbox_image: None };
+    let err = cri::install_containerd(&host, tmp.path(), &settings).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the container runtime cannot be installed: the rootfs has no 'cri/containerd.tar.gz'"
+    );
+    assert!(!host.root.join("usr").exists(), "nothing written");
+}
