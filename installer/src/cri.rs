@@ -39,7 +39,6 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Files of the rootfs that kubeferry uses when present, the first found of each list.
 const IMAGE_CONFIGS: [&str; 3] = ["etc/config.toml", "etc/containerd-config.toml", "etc/containerd.toml"];
 const IMAGE_UNIT: &str = "etc/containerd.service";
-const IMAGE_HOSTS: &str = "etc/hosts.toml";
 
 /// The configuration used when the image ships none.
 const DEFAULT_CONFIG: &str = r#"# containerd configuration written by kubeferry.
@@ -108,14 +107,10 @@ pub fn install_containerd(host: &dyn Host, rootfs: &Path, settings: &RuntimeSett
     write_file(host, Path::new(CONFIG), render_config(&template, host, settings)?.as_bytes(), 0o644)?;
     installed.files.push(CONFIG.into());
 
+    // Always kubeferry's: it must name the registry as this install configures it, which an
+    // image's own hosts.toml (written for its default domain) cannot know.
     let hosts_path = Path::new(CERTS_DIR).join(&settings.registry).join("hosts.toml");
-    let image_hosts = rootfs.join(IMAGE_HOSTS);
-    let hosts = if image_hosts.is_file() {
-        std::fs::read_to_string(&image_hosts).map_err(Error::io("read", &image_hosts))?
-    } else {
-        default_hosts(&settings.registry)
-    };
-    write_file(host, &hosts_path, hosts.as_bytes(), 0o644)?;
+    write_file(host, &hosts_path, default_hosts(&settings.registry).as_bytes(), 0o644)?;
     installed.files.push(hosts_path);
 
     let image_unit = rootfs.join(IMAGE_UNIT);

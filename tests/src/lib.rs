@@ -2,6 +2,8 @@
 //! static stub, built on first use; fixture rootfs trees; keys; and a way to compare trees.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod images;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -94,3 +94,45 @@ fn a_rootfs_without_a_runtime_tarball_is_refused_by_name() {
     );
     assert!(!host.root.join("usr").exists(), "nothing written");
 }
+
+/// containerd, configured by the install, pulls and unpacks an image through the bundled
+/// registry (kubeferry's own server over a storage directory written by docker-registry), with
+/// no other registry reachable.
+#[test]
+fn containerd_pulls_an_image_through_the_bundled_registry() {
+    use kubeferry_installer::registry::{Registry, RegistryConfig};
+    use kubeferry_tests::images::pushed;
+
+    let p = pushed();
+    let served = Registry::start(RegistryConfig {
+        root: p.storage.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 4,
+    })
+    .unwrap();
+    let registry = served.local_addr().to_string();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = extracted_example(tmp.path());
+    let host = RootedHost::new(&tmp.path().join("host"));
+    let settings = RuntimeSettings { registry: registry.clone(), systemd_cgroup: false, sandbox_image: None };
+    cri::install_containerd(&host, &rootfs, &settings)
+        .unwrap_or_else(|e| panic!("{e:?}\ncontainerd:\n{}", host.service_log("containerd.service")));
+
+    let root = &host.root;
+    let hosts =
+        fs::read_to_string(root.join(format!("etc/containerd/certs.d/{registry}/hosts.toml"))).unwrap();
+    assert!(hosts.contains(&format!("server = \"http://{registry}\"")), "{hosts}");
+    let ctr = || {
+        let mut cmd = Command::new(root.join("usr/local/bin/ctr"));
+        cmd.arg("--address").arg(root.join("run/containerd/containerd.sock"));
+        cmd
+    };
+    let reference = format!("{registry}/library/app:v1");
+    ok(ctr()
+        .args(["images", "pull", "--hosts-dir"])
+        .arg(root.join("etc/containerd/certs.d"))
+        .arg(&reference));
+    let images = ok(ctr().args(["images", "ls"]));
+    assert!(images.contains(&reference) && images.contains(&p.made.app.manifest.digest), "{images}");
+}
