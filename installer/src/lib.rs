@@ -19,6 +19,7 @@ pub mod error;
 pub mod extract;
 pub mod host;
 pub mod keys;
+pub mod kubeadm;
 pub mod manifest;
 pub mod pipeline;
 pub mod preflight;
