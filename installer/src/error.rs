@@ -182,14 +182,13 @@ pub enum Error {
         /// Every finding, each with its remedy.
         findings: Vec<crate::preflight::Finding>,
     },
-    /// The host installation steps are not part of this version.
-    #[error(
-        "the rootfs was verified and unpacked into '{rootfs}', but this version of kubeferry does not \
-         install the container runtime, the registry or Kubernetes yet"
-    )]
+    /// Steps of the install that are not part of this version.
+    #[error("steps {done} are done, but this version of kubeferry cannot do {missing} yet")]
     InstallUnavailable {
-        /// Where the rootfs was unpacked.
-        rootfs: PathBuf,
+        /// The steps done, comma-separated.
+        done: String,
+        /// The steps not implemented, comma-separated.
+        missing: String,
     },
     /// Interrupted by a signal; everything half-written was removed.
     #[error("interrupted; nothing half-written was left behind")]

@@ -68,6 +68,11 @@ pub struct SystemHost {
 }
 
 impl SystemHost {
+    /// The real host for reading only (planning): it writes no log.
+    pub fn read_only() -> SystemHost {
+        SystemHost { log: Mutex::new(None), log_path: PathBuf::from("/dev/null") }
+    }
+
     /// A real host that logs to `log_path` (created, appended to).
     pub fn new(log_path: &Path) -> Result<SystemHost> {
         if let Some(parent) = log_path.parent() {

@@ -18,6 +18,7 @@ pub mod cri;
 pub mod error;
 pub mod extract;
 pub mod host;
+pub mod install;
 pub mod keys;
 pub mod kubeadm;
 pub mod manifest;

@@ -13,6 +13,8 @@ use kubeferry_installer::StreamOptions;
 use kubeferry_installer::arch::Arch;
 use kubeferry_installer::error::{Error, human_bytes};
 use kubeferry_installer::extract::{self, ExtractOptions};
+use kubeferry_installer::host::SystemHost;
+use kubeferry_installer::install::{self, InstallConfig, Outcome, StepId};
 use kubeferry_installer::preflight::{self, CONTROL_PLANE_PORTS, Facts, Requirements};
 use kubeferry_installer::progress::Reporter;
 use kubeferry_installer::reader::{Authenticity, Bundle, Verified};
@@ -77,6 +79,15 @@ enum Command {
         /// The address the API server advertises (needed on a host with no default route).
         #[arg(long, value_name = "ADDR")]
         advertise_address: Option<std::net::IpAddr>,
+        /// The bundled registry's domain (sealos: registryDomain).
+        #[arg(long, default_value = "sea.hub")]
+        registry_domain: String,
+        /// The bundled registry's port (sealos: registryPort).
+        #[arg(long, default_value_t = 5000)]
+        registry_port: u16,
+        /// Print the plan (every step, and which an earlier run finished) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         trust: TrustArgs,
     },
@@ -143,11 +154,22 @@ fn main() -> ExitCode {
         Some(Command::Extract { to, force, trust }) => {
             (format!("could not extract '{shown}'"), extract_to(&file, to, *force, trust, &term))
         }
-        Some(Command::Install { rootfs_dir, ignore_preflight, advertise_address, trust }) => {
+        Some(Command::Install {
+            rootfs_dir,
+            ignore_preflight,
+            advertise_address,
+            registry_domain,
+            registry_port,
+            dry_run,
+            trust,
+        }) => {
             let options = InstallArgs {
                 rootfs_dir: rootfs_dir.as_deref(),
                 ignore_preflight,
                 advertise_address: *advertise_address,
+                registry_domain,
+                registry_port: *registry_port,
+                dry_run: *dry_run,
             };
             (format!("could not install '{shown}'"), install(&file, &options, trust, &term))
         }
@@ -284,14 +306,18 @@ struct InstallArgs<'a> {
     rootfs_dir: Option<&'a Path>,
     ignore_preflight: &'a [String],
     advertise_address: Option<std::net::IpAddr>,
+    registry_domain: &'a str,
+    registry_port: u16,
+    dry_run: bool,
 }
+
+/// A test hook: stop with an error right after this step (e.g. `runtime`), to test resuming.
+const FAIL_AFTER_ENV: &str = "KUBEFERRY_FAIL_AFTER";
 
 /// Tools the install and the images' scripts call, unless the bundle's bin/ carries them.
 const HOST_TOOLS: [&str; 5] = ["iptables", "conntrack", "socat", "mount", "modprobe"];
 /// Room beyond the unpacked payload for logs, state and the runtime's first writes.
 const DISK_MARGIN: u64 = 512 << 20;
-/// The default port of the bundled registry.
-const REGISTRY_PORT: u16 = 5000;
 
 fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Terminal) -> Result<(), Error> {
     let (bundle, verified) = open_verified(file, &trust.trust()?, term)?;
@@ -315,13 +341,27 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
     let requirements = Requirements {
         arch: m.arch,
         cgroup_driver: "systemd".into(),
-        ports: CONTROL_PLANE_PORTS.iter().copied().chain([REGISTRY_PORT]).collect(),
+        ports: CONTROL_PLANE_PORTS.iter().copied().chain([args.registry_port]).collect(),
         disk: vec![(target.clone(), m.payload.unpacked_size + DISK_MARGIN)],
         tools: HOST_TOOLS.iter().filter(|t| !bundled_bin.contains(*t)).map(|t| t.to_string()).collect(),
         advertise_address_given: args.advertise_address.is_some(),
         min_memory_mib: preflight::MIN_MEMORY_MIB,
         min_cpus: preflight::MIN_CPUS,
     };
+    let config = InstallConfig {
+        rootfs_dir: target.clone(),
+        registry_domain: args.registry_domain.to_string(),
+        registry_port: args.registry_port,
+        registry_address: "127.0.0.1".into(),
+        systemd_cgroup: true,
+        fail_after: std::env::var(FAIL_AFTER_ENV)
+            .ok()
+            .and_then(|name| StepId::ALL.into_iter().find(|s| s.name() == name)),
+    };
+    if args.dry_run {
+        print!("{}", install::plan(&SystemHost::read_only(), &verified, &config)?);
+        return Ok(());
+    }
     let findings = preflight::without_ignored(
         preflight::check(&Facts::gather(&requirements), &requirements),
         args.ignore_preflight,
@@ -329,9 +369,23 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
     if !findings.is_empty() {
         return Err(Error::Preflight { findings });
     }
-    let options = ExtractOptions { replace: true, skip_space_check: false, stream: stream_options() };
-    extract::extract(&bundle, &verified, &target, &options, term)?;
-    Err(Error::InstallUnavailable { rootfs: target })
+    let host = SystemHost::new(&install::state_dir(&m.name).join("install.log"))?;
+    term.say(&format!("install log: '{}'", host.log_path().display()));
+    match install::run(&host, &bundle, &verified, &config, term)? {
+        Outcome::AlreadyDone => {
+            term.say("this node is installed already: nothing to do");
+            Ok(())
+        }
+        Outcome::StoppedBefore(missing) => {
+            let names = |steps: &mut dyn Iterator<Item = StepId>| {
+                steps.map(|s| s.name()).collect::<Vec<_>>().join(", ")
+            };
+            Err(Error::InstallUnavailable {
+                done: names(&mut StepId::ALL.into_iter().filter(|s| !missing.contains(s))),
+                missing: names(&mut missing.into_iter()),
+            })
+        }
+    }
 }
 
 #[cfg(test)]

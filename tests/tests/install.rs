@@ -68,16 +68,26 @@ fn preflight_lists_every_finding_and_changes_nothing() {
 }
 
 #[test]
-fn with_every_check_ignored_the_rootfs_is_unpacked_and_the_missing_steps_are_named() {
+fn dry_run_prints_the_plan_and_changes_nothing() {
     let f = fixture();
-    let (code, stderr) = install(&f, &["--ignore-preflight", "all"]);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "caused by: the rootfs was verified and unpacked into '{}', but this version of kubeferry does not install the container runtime, the registry or Kubernetes yet",
-            f.dir.join("node/rootfs").display()
-        )),
-        "{stderr}"
+    let (code, stdout, stderr) = run(Command::new(&f.bundle)
+        .args(["install", "--dry-run", "--trusted-key"])
+        .arg(&f.public)
+        .arg("--rootfs-dir")
+        .arg(f.dir.join("node/rootfs")));
+    assert_eq!(code, 0, "{stderr}");
+    let rootfs = f.dir.join("node/rootfs");
+    assert_eq!(
+        stdout,
+        format!(
+            " 1. extract       [todo] unpack the verified rootfs into '{r}'\n \
+             2. runtime       [todo] install containerd from {r}/cri/containerd.tar.gz into /usr/local/bin, pulling from sea.hub:5000, and start it\n \
+             3. registry      [todo] serve {r}/registry on sea.hub:5000 (sea.hub -> 127.0.0.1) as kubeferry-registry.service\n \
+             4. kubernetes    [not in this version] put kubeadm, kubelet and kubectl from bin/ in place, with the kubelet unit\n \
+             5. kubeadm-init  [not in this version] render etc/kubeadm.yml, merge --config, run kubeadm init\n \
+             6. applications  [not in this version] apply manifests/ and run the image's CMD\n",
+            r = rootfs.display()
+        )
     );
-    assert!(f.dir.join("node/rootfs/cri/containerd.tar.gz").is_file());
+    assert!(!f.dir.join("node").exists(), "nothing was written");
 }

@@ -136,3 +136,81 @@ fn containerd_pulls_an_image_through_the_bundled_registry() {
     let images = ok(ctr().args(["images", "ls"]));
     assert!(images.contains(&reference) && images.contains(&p.made.app.manifest.digest), "{images}");
 }
+
+/// The install's steps against a test root: a failure injected after each step, then a run
+/// that resumes at the next step, then a run that changes nothing.
+#[test]
+fn install_resumes_after_a_failure_at_each_step_and_a_finished_run_changes_nothing() {
+    use kubeferry_installer::install::{self, InstallConfig, Outcome, StepId};
+    use kubeferry_installer::progress::Silent;
+    use kubeferry_installer::reader::Bundle;
+    use kubeferry_installer::trust::Trust;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(tmp.path(), "release");
+    let out = ok(kubeferry()
+        .args(["build", "--quiet", "--name", "example", "--version", "v1.20.2", "-o"])
+        .arg(tmp.path().join("dist"))
+        .arg("--key")
+        .arg(&key)
+        .arg(format!("--stub=amd64={}", stub_bin().display()))
+        .arg(example_rootfs()));
+    let bundle = Bundle::open(std::path::Path::new(out.trim())).unwrap();
+    let verified = bundle.authenticate(&Trust::from_sources(&[public], &[], false, false).unwrap()).unwrap();
+    let not_yet = vec![StepId::Kubernetes, StepId::KubeadmInit, StepId::Applications];
+
+    for (i, failing) in [StepId::Extract, StepId::Runtime, StepId::Registry].into_iter().enumerate() {
+        let host = RootedHost::new(&tmp.path().join(format!("host-{i}")));
+        let config = InstallConfig {
+            rootfs_dir: "/var/lib/kubeferry/example/rootfs".into(),
+            registry_domain: "sea.hub".into(),
+            registry_port: kubeferry_tests::images::free_addr().port(),
+            registry_address: "127.0.0.1".into(),
+            systemd_cgroup: true,
+            fail_after: Some(failing),
+        };
+        let err = install::run(&host, &bundle, &verified, &config, &Silent).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("could not go on after step '{failing}'"),
+            "{}\n{}",
+            host.log_text(),
+            host.service_log("kubeferry-registry.service")
+        );
+        let plan = install::plan(&host, &verified, &config).unwrap();
+        let done: Vec<StepId> = plan.steps.iter().filter(|s| s.done).map(|s| s.id).collect();
+        assert_eq!(done, StepId::ALL[..=i].to_vec());
+
+        let config = InstallConfig { fail_after: None, ..config };
+        let outcome = install::run(&host, &bundle, &verified, &config, &Silent).unwrap_or_else(|e| {
+            panic!("{e}\n{}\n{}", host.log_text(), host.service_log("kubeferry-registry.service"))
+        });
+        assert_eq!(outcome, Outcome::StoppedBefore(not_yet.clone()));
+        let log = host.log_text();
+        for step in &StepId::ALL[..=i] {
+            assert!(
+                log.contains(&format!("step {step}: done by an earlier run")),
+                "{step} resumed past:\n{log}"
+            );
+            assert_eq!(log.matches(&format!("step {step}: start")).count(), 1, "{step} ran once:\n{log}");
+        }
+        assert!(log.contains("the registry answers on 127.0.0.1:"), "{log}");
+        assert!(log.contains("containerd answers on"), "{log}");
+
+        // A finished run: nothing starts again.
+        let before = host.log_text().matches(": start").count();
+        let outcome = install::run(&host, &bundle, &verified, &config, &Silent).unwrap();
+        assert_eq!(outcome, Outcome::StoppedBefore(not_yet.clone()));
+        assert_eq!(host.log_text().matches(": start").count(), before);
+
+        let root = &host.root;
+        assert!(root.join("var/lib/kubeferry/example/rootfs/cri/containerd.tar.gz").is_file());
+        let hosts = fs::read_to_string(root.join("etc/hosts")).unwrap();
+        assert_eq!(hosts, "127.0.0.1 sea.hub # added by kubeferry\n");
+        let state: serde_json::Value =
+            serde_json::from_slice(&fs::read(root.join("var/lib/kubeferry/example/state.json")).unwrap())
+                .unwrap();
+        assert_eq!(state["done"], serde_json::json!(["extract", "runtime", "registry"]));
+        assert!(state["files"].as_array().unwrap().iter().any(|f| f == "/usr/local/bin/containerd"));
+    }
+}

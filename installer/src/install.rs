@@ -1,0 +1,353 @@
+//! The install: a plan computed before anything changes, then executed step by step under a
+//! lock, each finished step recorded in a state file so that a run after a failure, a reboot
+//! or Ctrl-C resumes at the step that did not finish, and a run on a finished node changes
+//! nothing.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::cri::{self, RuntimeSettings};
+use crate::error::{Error, Result};
+use crate::extract::{self, ExtractOptions};
+use crate::host::{Host, write_file};
+use crate::manifest::Digest;
+use crate::progress::Reporter;
+use crate::reader::{Bundle, Verified};
+use crate::registry;
+
+/// Where kubeferry keeps each installed bundle's rootfs, state and log.
+pub const STATE_ROOT: &str = "/var/lib/kubeferry";
+/// The installed copy of the stub that runs the registry service.
+pub const REGISTRY_BINARY: &str = "/usr/local/lib/kubeferry/kubeferry-stub";
+/// The registry service's unit.
+pub const REGISTRY_UNIT_NAME: &str = "kubeferry-registry.service";
+/// The registry service's unit file.
+pub const REGISTRY_UNIT: &str = "/etc/systemd/system/kubeferry-registry.service";
+/// The marker of the line kubeferry adds to /etc/hosts.
+pub const HOSTS_MARKER: &str = "# added by kubeferry";
+
+/// One step of the install, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepId {
+    /// Unpack the verified rootfs.
+    Extract,
+    /// Install, configure and start containerd.
+    Runtime,
+    /// Serve the rootfs's registry/ on the registry domain.
+    Registry,
+    /// Put kubeadm, kubelet and kubectl in place, with the kubelet's unit.
+    Kubernetes,
+    /// `kubeadm init` with the rendered configuration.
+    KubeadmInit,
+    /// Apply manifests/ and run the image's CMD.
+    Applications,
+}
+
+impl StepId {
+    /// Every step, in order.
+    pub const ALL: [StepId; 6] = [
+        StepId::Extract,
+        StepId::Runtime,
+        StepId::Registry,
+        StepId::Kubernetes,
+        StepId::KubeadmInit,
+        StepId::Applications,
+    ];
+
+    /// The step's name, as the plan and the state file write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepId::Extract => "extract",
+            StepId::Runtime => "runtime",
+            StepId::Registry => "registry",
+            StepId::Kubernetes => "kubernetes",
+            StepId::KubeadmInit => "kubeadm-init",
+            StepId::Applications => "applications",
+        }
+    }
+
+    /// Whether this version of kubeferry carries the step out.
+    pub fn implemented(self) -> bool {
+        matches!(self, StepId::Extract | StepId::Runtime | StepId::Registry)
+    }
+}
+
+impl fmt::Display for StepId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the install is told.
+#[derive(Debug, Clone)]
+pub struct InstallConfig {
+    /// Where the rootfs is unpacked (a host path).
+    pub rootfs_dir: PathBuf,
+    /// The registry domain (default `sea.hub`).
+    pub registry_domain: String,
+    /// The registry port (default 5000).
+    pub registry_port: u16,
+    /// The address the registry domain resolves to on this node.
+    pub registry_address: String,
+    /// Whether runc and the kubelet use the systemd cgroup driver.
+    pub systemd_cgroup: bool,
+    /// Stop with an error right after this step has been recorded (for tests of resuming).
+    pub fail_after: Option<StepId>,
+}
+
+/// The plan: every step, what it does, and whether an earlier run finished it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The steps, in order.
+    pub steps: Vec<PlannedStep>,
+}
+
+/// A step of the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedStep {
+    /// Which step.
+    pub id: StepId,
+    /// What it will do, with the paths and addresses it will use.
+    pub summary: String,
+    /// Whether an earlier run finished it.
+    pub done: bool,
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, step) in self.steps.iter().enumerate() {
+            let mark = match (step.done, step.id.implemented()) {
+                (true, _) => "done",
+                (false, true) => "todo",
+                (false, false) => "not in this version",
+            };
+            writeln!(f, "{:>2}. {:<13} [{mark}] {}", i + 1, step.id.name(), step.summary)?;
+        }
+        Ok(())
+    }
+}
+
+/// What is recorded after each step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// SHA-256 of the manifest of the bundle being installed.
+    pub bundle: String,
+    /// The bundle's name and version.
+    pub name: String,
+    /// Steps finished, in order.
+    pub done: Vec<StepId>,
+    /// Every file the install wrote, as host paths (for uninstall).
+    pub files: Vec<PathBuf>,
+}
+
+/// Where the state of the bundle `name` lives (a host path).
+pub fn state_dir(name: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(name)
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every step was already done: nothing changed.
+    AlreadyDone,
+    /// The implemented steps are done; the named ones are not in this version.
+    StoppedBefore(Vec<StepId>),
+}
+
+/// Computes the plan for a verified bundle, reading the state of an earlier run.
+pub fn plan(host: &dyn Host, verified: &Verified, config: &InstallConfig) -> Result<Plan> {
+    let state = load_state(host, &verified.manifest.name)?.unwrap_or_default();
+    let registry = format!("{}:{}", config.registry_domain, config.registry_port);
+    let rootfs = config.rootfs_dir.display();
+    let steps = StepId::ALL
+        .iter()
+        .map(|&id| PlannedStep {
+            id,
+            done: state.done.contains(&id),
+            summary: match id {
+                StepId::Extract => format!("unpack the verified rootfs into '{rootfs}'"),
+                StepId::Runtime => format!(
+                    "install containerd from {}/{} into {}, pulling from {registry}, and start it",
+                    rootfs,
+                    cri::TARBALL,
+                    cri::BIN_DIR
+                ),
+                StepId::Registry => format!(
+                    "serve {rootfs}/registry on {registry} ({} -> {}) as {REGISTRY_UNIT_NAME}",
+                    config.registry_domain, config.registry_address
+                ),
+                StepId::Kubernetes => {
+                    "put kubeadm, kubelet and kubectl from bin/ in place, with the kubelet unit".into()
+                }
+                StepId::KubeadmInit => "render etc/kubeadm.yml, merge --config, run kubeadm init".into(),
+                StepId::Applications => "apply manifests/ and run the image's CMD".into(),
+            },
+        })
+        .collect();
+    Ok(Plan { steps })
+}
+
+/// Runs the plan: each step not done yet, recorded as it finishes.
+pub fn run(
+    host: &dyn Host,
+    bundle: &Bundle,
+    verified: &Verified,
+    config: &InstallConfig,
+    reporter: &dyn Reporter,
+) -> Result<Outcome> {
+    let manifest = &verified.manifest;
+    let dir = host.path(&state_dir(&manifest.name));
+    fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
+    let lock_path = dir.join("install.lock");
+    let lock_file = File::create(&lock_path).map_err(Error::io("create", &lock_path))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| Error::Io {
+        action: "lock",
+        path: lock_path.clone(),
+        source: std::io::Error::other("another kubeferry install is running on this host"),
+    })?;
+
+    let digest = Digest::of(bundle.manifest_bytes()).to_string();
+    let mut state = match load_state(host, &manifest.name)? {
+        Some(state) if state.bundle != digest => {
+            return Err(Error::Io {
+                action: "install over",
+                path: host.path(&state_dir(&manifest.name)),
+                source: std::io::Error::other(format!(
+                    "another bundle of '{}' ({}) is installed here; uninstall it first",
+                    manifest.name, state.name
+                )),
+            });
+        }
+        Some(state) => state,
+        None => State {
+            bundle: digest,
+            name: format!("{} {}", manifest.name, manifest.version),
+            ..State::default()
+        },
+    };
+
+    let rootfs = host.path(&config.rootfs_dir);
+    for step in StepId::ALL {
+        if state.done.contains(&step) {
+            host.log(&format!("step {step}: done by an earlier run"));
+            continue;
+        }
+        if !step.implemented() {
+            let rest = StepId::ALL.into_iter().filter(|s| !state.done.contains(s)).collect();
+            return Ok(Outcome::StoppedBefore(rest));
+        }
+        host.log(&format!("step {step}: start"));
+        let files = match step {
+            StepId::Extract => {
+                let options = ExtractOptions { replace: true, ..ExtractOptions::default() };
+                extract::extract(bundle, verified, &rootfs, &options, reporter)?;
+                vec![config.rootfs_dir.clone()]
+            }
+            StepId::Runtime => {
+                let settings = RuntimeSettings {
+                    registry: format!("{}:{}", config.registry_domain, config.registry_port),
+                    systemd_cgroup: config.systemd_cgroup,
+                    sandbox_image: None,
+                };
+                cri::install_containerd(host, &rootfs, &settings)?.files
+            }
+            StepId::Registry => start_registry(host, bundle, &rootfs, config)?,
+            _ => Vec::new(),
+        };
+        state.done.push(step);
+        state.files.extend(files);
+        save_state(host, &manifest.name, &state)?;
+        host.log(&format!("step {step}: done"));
+        if config.fail_after == Some(step) {
+            return Err(Error::Io {
+                action: "go on after step",
+                path: PathBuf::from(step.name()),
+                source: std::io::Error::other("failure injected for a test (KUBEFERRY_FAIL_AFTER)"),
+            });
+        }
+    }
+    Ok(Outcome::AlreadyDone)
+}
+
+/// Installs a copy of the stub, maps the registry domain in /etc/hosts, and starts the
+/// registry service over the rootfs's registry/; waits until `/v2/` and an image answer.
+fn start_registry(
+    host: &dyn Host,
+    bundle: &Bundle,
+    rootfs: &Path,
+    config: &InstallConfig,
+) -> Result<Vec<PathBuf>> {
+    let stub_len = usize::try_from(bundle.trailer().stub_len).map_err(|_| Error::NotABundle)?;
+    let mut stub = vec![0u8; stub_len];
+    std::os::unix::fs::FileExt::read_exact_at(bundle.file(), &mut stub, 0)
+        .map_err(Error::io("read", bundle.path()))?;
+    write_file(host, Path::new(REGISTRY_BINARY), &stub, 0o755)?;
+
+    let hosts_path = host.path(Path::new("/etc/hosts"));
+    let current = fs::read_to_string(&hosts_path).unwrap_or_default();
+    let line = format!("{} {} {HOSTS_MARKER}", config.registry_address, config.registry_domain);
+    if !current.lines().any(|l| l == line) {
+        let mut text = current.clone();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&line);
+        text.push('\n');
+        write_file(host, Path::new("/etc/hosts"), text.as_bytes(), 0o644)?;
+    }
+
+    let storage = rootfs.join("registry");
+    fs::create_dir_all(&storage).map_err(Error::io("create", &storage))?;
+    let unit = format!(
+        "# The bundled registry, written by kubeferry.\n[Unit]\nDescription=kubeferry registry (read-only)\n\
+         After=network.target\n\n[Service]\nExecStart={} serve-registry --root {} --listen 0.0.0.0:{}\n\
+         Restart=always\nRestartSec=2\n\n[Install]\nWantedBy=multi-user.target\n",
+        host.path(Path::new(REGISTRY_BINARY)).display(),
+        storage.display(),
+        config.registry_port
+    );
+    write_file(host, Path::new(REGISTRY_UNIT), unit.as_bytes(), 0o644)?;
+    host.start_service(REGISTRY_UNIT_NAME)?;
+
+    let probe = registry::list_images(&storage).ok().and_then(|images| images.into_iter().next());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], config.registry_port));
+    let host_header = format!("{}:{}", config.registry_domain, config.registry_port);
+    registry::wait_ready(
+        addr,
+        &host_header,
+        probe.as_ref().map(|i| (i.repository.as_str(), i.tag.as_str())),
+        Duration::from_secs(30),
+    )
+    .map_err(|e| Error::Io {
+        action: "reach the registry on",
+        path: PathBuf::from(addr.to_string()),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    host.log(&format!("the registry answers on {addr}"));
+    Ok(vec![REGISTRY_BINARY.into(), REGISTRY_UNIT.into()])
+}
+
+fn load_state(host: &dyn Host, name: &str) -> Result<Option<State>> {
+    let path = host.path(&state_dir(name).join("state.json"));
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Io {
+            action: "read the install state in",
+            path,
+            source: std::io::Error::other(e),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", &path)(e)),
+    }
+}
+
+fn save_state(host: &dyn Host, name: &str, state: &State) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::io("write", "state.json")(e.into()))?;
+    write_file(host, &state_dir(name).join("state.json"), &bytes, 0o600)
+}
