@@ -30,4 +30,4 @@ if [ "$(id -u)" != 0 ]; then
   echo "warning: not root: the full-disk test mounts a tmpfs and will fail" >&2
 fi
 
-exec cargo test --workspace "$@"
+exec cargo test --workspace --no-fail-fast "$@"

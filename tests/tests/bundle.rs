@@ -421,11 +421,23 @@ fn the_builder_refuses_stubs_for_the_wrong_architecture_or_dynamically_linked() 
         stderr.contains("it is linked dynamically, and a target host may lack its libraries"),
         "{stderr}"
     );
-    let (_, _, stderr) = run(kubeferry()
+    // A kubeferry with no stubs beside it (other tests put some beside target/debug/kubeferry).
+    let lonely = b.dir.join("bin/kubeferry");
+    fs::create_dir_all(lonely.parent().unwrap()).unwrap();
+    fs::copy(kubeferry_bin(), &lonely).unwrap();
+    let (_, _, stderr) = run(Command::new(&lonely)
+        .env_remove("KUBEFERRY_STUB_DIR")
         .args(["build", "--name", "x", "--version", "1", "--unsigned", "--arch", "arm64", "-o"])
         .arg(b.dir.join("o"))
         .arg(&b.rootfs));
-    assert!(stderr.contains("caused by: no installer stub for arm64 was found (looked in:"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "caused by: no installer stub for arm64 was found (looked in: '{}', '{}')",
+            b.dir.join("bin/kubeferry-stub-arm64").display(),
+            b.dir.join("bin/../lib/kubeferry/kubeferry-stub-arm64").display()
+        )),
+        "{stderr}"
+    );
     assert!(
         stderr
             .contains("hint: build the stub with 'packaging/build-stub.sh arm64', or pass --stub arm64=PATH"),
