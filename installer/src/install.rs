@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::extract::{self, ExtractOptions};
 use crate::host::{Host, write_file};
 use crate::manifest::Digest;
+use crate::preflight::{CONTROL_PLANE_PORTS, MIN_CPUS, MIN_MEMORY_MIB, Requirements};
 use crate::progress::Reporter;
 use crate::reader::{Bundle, Verified};
 use crate::registry;
@@ -194,6 +195,43 @@ pub fn plan(host: &dyn Host, verified: &Verified, config: &InstallConfig) -> Res
     Ok(Plan { steps })
 }
 
+/// Tools the install and the images' scripts call, unless the bundle's bin/ carries them.
+pub const HOST_TOOLS: [&str; 5] = ["iptables", "conntrack", "socat", "mount", "modprobe"];
+/// Room beyond the unpacked payload for logs, state and the runtime's first writes.
+pub const DISK_MARGIN: u64 = 512 << 20;
+
+/// What preflight checks for this plan. What an earlier run did is not checked again: its
+/// registry holds the registry port, its rootfs already has its space.
+pub fn requirements(
+    verified: &Verified,
+    config: &InstallConfig,
+    plan: &Plan,
+    advertise_given: bool,
+) -> Requirements {
+    let m = &verified.manifest;
+    let done = |id: StepId| plan.steps.iter().any(|s| s.id == id && s.done);
+    let bundled_bin: std::collections::BTreeSet<&str> =
+        m.entries.iter().filter_map(|e| e.path().strip_prefix("bin/")).collect();
+    Requirements {
+        arch: m.arch,
+        cgroup_driver: if config.systemd_cgroup { "systemd" } else { "cgroupfs" }.into(),
+        ports: CONTROL_PLANE_PORTS
+            .iter()
+            .copied()
+            .chain((!done(StepId::Registry)).then_some(config.registry_port))
+            .collect(),
+        disk: if done(StepId::Extract) {
+            Vec::new()
+        } else {
+            vec![(config.rootfs_dir.clone(), m.payload.unpacked_size + DISK_MARGIN)]
+        },
+        tools: HOST_TOOLS.iter().filter(|t| !bundled_bin.contains(*t)).map(|t| t.to_string()).collect(),
+        advertise_address_given: advertise_given,
+        min_memory_mib: MIN_MEMORY_MIB,
+        min_cpus: MIN_CPUS,
+    }
+}
+
 /// Runs the plan: each step not done yet, recorded as it finishes.
 pub fn run(
     host: &dyn Host,
@@ -350,4 +388,90 @@ fn load_state(host: &dyn Host, name: &str) -> Result<Option<State>> {
 fn save_state(host: &dyn Host, name: &str, state: &State) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::io("write", "state.json")(e.into()))?;
     write_file(host, &state_dir(name).join("state.json"), &bytes, 0o600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Arch;
+    use crate::manifest::{Blob, Entry, MANIFEST_FORMAT, Manifest, Mode, Owner, Payload};
+    use crate::reader::Authenticity;
+
+    fn verified() -> Verified {
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            name: "edge".into(),
+            version: "v1".into(),
+            arch: Arch::Amd64,
+            kubernetes_version: None,
+            cri: None,
+            builder: "test".into(),
+            mtime: 0,
+            owner: Owner { uid: 0, gid: 0 },
+            signer: None,
+            stub: Blob { size: 0, digest: Digest::of(b"") },
+            payload: Payload { size: 0, unpacked_size: 1 << 30, chunks: vec![] },
+            entries: vec![
+                Entry::Dir { path: "bin".into(), mode: Mode(0o755) },
+                Entry::File {
+                    path: "bin/conntrack".into(),
+                    mode: Mode(0o755),
+                    size: 0,
+                    digest: Digest::of(b""),
+                    stored: false,
+                },
+            ],
+        };
+        Verified { manifest, authenticity: Authenticity::Unchecked }
+    }
+
+    fn config() -> InstallConfig {
+        InstallConfig {
+            rootfs_dir: "/var/lib/kubeferry/edge/rootfs".into(),
+            registry_domain: "sea.hub".into(),
+            registry_port: 5000,
+            registry_address: "127.0.0.1".into(),
+            systemd_cgroup: true,
+            fail_after: None,
+        }
+    }
+
+    fn plan_with(done: &[StepId]) -> Plan {
+        Plan {
+            steps: StepId::ALL
+                .iter()
+                .map(|&id| PlannedStep { id, summary: String::new(), done: done.contains(&id) })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_first_run_checks_everything_and_a_resumed_one_not_what_it_did() {
+        let first = requirements(&verified(), &config(), &plan_with(&[]), false);
+        assert_eq!(first.ports, [6443, 10250, 10257, 10259, 2379, 2380, 5000]);
+        assert_eq!(first.disk, [(PathBuf::from("/var/lib/kubeferry/edge/rootfs"), (1 << 30) + DISK_MARGIN)]);
+        assert_eq!(
+            first.tools,
+            ["iptables", "socat", "mount", "modprobe"],
+            "conntrack is in the bundle's bin/"
+        );
+        assert_eq!(first.cgroup_driver, "systemd");
+
+        let resumed = requirements(
+            &verified(),
+            &config(),
+            &plan_with(&[StepId::Extract, StepId::Runtime, StepId::Registry]),
+            true,
+        );
+        assert_eq!(resumed.ports, [6443, 10250, 10257, 10259, 2379, 2380], "our own registry holds 5000");
+        assert!(resumed.disk.is_empty(), "the rootfs is there already");
+        assert!(resumed.advertise_address_given);
+    }
+
+    #[test]
+    fn the_plan_prints_every_step_and_what_is_done() {
+        let text = plan_with(&[StepId::Extract]).to_string();
+        assert!(text.starts_with(" 1. extract       [done] \n 2. runtime       [todo] \n"), "{text}");
+        assert!(text.contains(" 6. applications  [not in this version] \n"), "{text}");
+    }
 }

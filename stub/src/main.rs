@@ -15,7 +15,7 @@ use kubeferry_installer::error::{Error, human_bytes};
 use kubeferry_installer::extract::{self, ExtractOptions};
 use kubeferry_installer::host::SystemHost;
 use kubeferry_installer::install::{self, InstallConfig, Outcome, StepId};
-use kubeferry_installer::preflight::{self, CONTROL_PLANE_PORTS, Facts, Requirements};
+use kubeferry_installer::preflight::{self, Facts};
 use kubeferry_installer::progress::Reporter;
 use kubeferry_installer::reader::{Authenticity, Bundle, Verified};
 use kubeferry_installer::registry::{Registry, RegistryConfig, RegistryError};
@@ -314,11 +314,6 @@ struct InstallArgs<'a> {
 /// A test hook: stop with an error right after this step (e.g. `runtime`), to test resuming.
 const FAIL_AFTER_ENV: &str = "KUBEFERRY_FAIL_AFTER";
 
-/// Tools the install and the images' scripts call, unless the bundle's bin/ carries them.
-const HOST_TOOLS: [&str; 5] = ["iptables", "conntrack", "socat", "mount", "modprobe"];
-/// Room beyond the unpacked payload for logs, state and the runtime's first writes.
-const DISK_MARGIN: u64 = 512 << 20;
-
 fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Terminal) -> Result<(), Error> {
     let (bundle, verified) = open_verified(file, &trust.trust()?, term)?;
     let m = &verified.manifest;
@@ -336,18 +331,6 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
         .map(Path::to_path_buf)
         .unwrap_or_else(|| Path::new("/var/lib/kubeferry").join(&m.name).join("rootfs"));
 
-    let bundled_bin: std::collections::BTreeSet<&str> =
-        m.entries.iter().filter_map(|e| e.path().strip_prefix("bin/")).collect();
-    let requirements = Requirements {
-        arch: m.arch,
-        cgroup_driver: "systemd".into(),
-        ports: CONTROL_PLANE_PORTS.iter().copied().chain([args.registry_port]).collect(),
-        disk: vec![(target.clone(), m.payload.unpacked_size + DISK_MARGIN)],
-        tools: HOST_TOOLS.iter().filter(|t| !bundled_bin.contains(*t)).map(|t| t.to_string()).collect(),
-        advertise_address_given: args.advertise_address.is_some(),
-        min_memory_mib: preflight::MIN_MEMORY_MIB,
-        min_cpus: preflight::MIN_CPUS,
-    };
     let config = InstallConfig {
         rootfs_dir: target.clone(),
         registry_domain: args.registry_domain.to_string(),
@@ -358,10 +341,12 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
             .ok()
             .and_then(|name| StepId::ALL.into_iter().find(|s| s.name() == name)),
     };
+    let plan = install::plan(&SystemHost::read_only(), &verified, &config)?;
     if args.dry_run {
-        print!("{}", install::plan(&SystemHost::read_only(), &verified, &config)?);
+        print!("{plan}");
         return Ok(());
     }
+    let requirements = install::requirements(&verified, &config, &plan, args.advertise_address.is_some());
     let findings = preflight::without_ignored(
         preflight::check(&Facts::gather(&requirements), &requirements),
         args.ignore_preflight,
