@@ -60,6 +60,16 @@ rand_bytes() {
   head -c "$2" /dev/zero | openssl enc -aes-128-ctr -nosalt -K "$key" -iv 00000000000000000000000000000000
 }
 
+# The tree is reused while these are the same. The ELF pool (this machine's binaries) is
+# recorded beside them but does not force a new tree: installing a package would otherwise
+# throw away a tree that measures the same thing.
+params="generator=$GENERATOR_VERSION size_bytes=$size seed=$seed"
+if [ -f "$work/rootfs.params" ] && [ "$(head -n 1 "$work/rootfs.params")" = "$params" ] \
+   && [ -d "$work/rootfs" ] && [ -s "$work/rootfs.sha256" ] && [ -s "$work/rootfs.composition" ]; then
+  echo "reusing $work/rootfs ($(tr '\n' ' ' < "$work/rootfs.params"))" >&2
+  exit 0
+fi
+
 # --- pools of real bytes -------------------------------------------------------------------
 
 # Every ELF file of at least 64 KiB under the system's program and library directories,
@@ -80,15 +90,9 @@ if [ "${#ELF_F[@]}" -lt 8 ]; then
   exit 1
 fi
 pool_digest="$(for i in "${!ELF_F[@]}"; do printf '%s %s\n' "${ELF_S[i]}" "${ELF_F[i]}"; done | sha256sum | cut -c1-16)"
-params="generator=$GENERATOR_VERSION size_bytes=$size seed=$seed elf_pool=${#ELF_F[@]}:$pool_digest gzip=$(gzip --version | head -1 | tr ' ' _)"
+made_from="elf_pool=${#ELF_F[@]}_files:$pool_digest gzip=$(gzip --version | head -1 | tr ' ' _)"
 
-if [ -f "$work/rootfs.params" ] && [ "$(cat "$work/rootfs.params")" = "$params" ] \
-   && [ -d "$work/rootfs" ] && [ -s "$work/rootfs.sha256" ]; then
-  echo "reusing $work/rootfs ($params)" >&2
-  exit 0
-fi
-
-echo "generating $work/rootfs ($params)" >&2
+echo "generating $work/rootfs ($params $made_from)" >&2
 rm -rf "$work/rootfs" "$work/rootfs.tmp" "$work/rootfs.sha256" "$work/rootfs.params" "$work/rootfs.composition"
 root="$work/rootfs.tmp"
 tmp="$work/gen.tmp"
@@ -175,7 +179,7 @@ while (( lib_left > 0 && tries < 10000 )); do
   fi
   lib_left=$(( lib_left - bytes ))
 done
-echo "  executables: $(du -sb "$root/bin" "$root/cri" "$root/opt" "$root/lib64" | awk '{s+=$1} END {print s}') bytes" >&2
+echo "  executables: $(du -sb "$root/bin" "$root/cri" "$root/opt" "$root/lib64" | awk '{s+=$1} END {printf "%.0f\n", s}') bytes" >&2
 
 # --- YAML and text ---------------------------------------------------------------------------
 
@@ -408,14 +412,14 @@ find "$root" -type d -exec chmod 0755 {} +
 (cd "$root" && find . -type f -print0 | sort -z | xargs -0 sha256sum) > "$work/rootfs.sha256.tmp"
 {
   # Hard-linked files count once, as tar and kubeferry store them once.
-  total=$(find "$root" -type f -printf '%i %s\n' | awk '!seen[$1]++ {s+=$2} END {print s}')
+  total=$(find "$root" -type f -printf '%i %s\n' | awk '!seen[$1]++ {s+=$2} END {printf "%.0f\n", s}')
   # Files that start with a gzip, zstd, xz or bzip2 magic and are at least 64 KiB.
   compressed=0
   while IFS=$'\t' read -r s p; do
     m="$(head -c 2 -- "$p" | od -An -tx1 | tr -d ' ')"
     case "$m" in 1f8b|28b5|fd37|425a) compressed=$(( compressed + s )) ;; esac
   done < <(find "$root" -type f -size +63k -printf '%s\t%p\n')
-  exe=$(find "$root/bin" "$root/cri" "$root/opt" "$root/lib64" -type f -printf '%i %s\n' | awk '!seen[$1]++ {s+=$2} END {print s}')
+  exe=$(find "$root/bin" "$root/cri" "$root/opt" "$root/lib64" -type f -printf '%i %s\n' | awk '!seen[$1]++ {s+=$2} END {printf "%.0f\n", s}')
   echo "files=$(find "$root" -type f | wc -l) dirs=$(find "$root" -type d | wc -l) symlinks=$(find "$root" -type l | wc -l)"
   echo "bytes_total=$total"
   echo "bytes_compressed=$compressed"
@@ -424,5 +428,5 @@ find "$root" -type d -exec chmod 0755 {} +
 } > "$work/rootfs.composition"
 mv "$work/rootfs.sha256.tmp" "$work/rootfs.sha256"
 mv "$root" "$work/rootfs"
-printf '%s\n' "$params" > "$work/rootfs.params"
+printf '%s\n%s\n' "$params" "$made_from" > "$work/rootfs.params"
 cat "$work/rootfs.composition" >&2
