@@ -153,7 +153,8 @@ cpu_busy() { awk '$1 == "cpu" {printf "%.0f\n", $2 + $3 + $4 + $7 + $8 + $9; exi
 # CPU ticks used so far by kernel threads (writeback, reclaim, ...): work the kernel does for
 # whichever process dirtied the pages, so it is not counted as other processes' load.
 cpu_kthreads() {
-  cat /proc/[0-9]*/stat 2>/dev/null | awk '
+  # Processes come and go between the glob and the read: cat's complaint is expected.
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '
     { line = $0; sub(/^.*\) /, "", line); split(line, f, " ")
       if (int(f[7] / 2097152) % 2 == 1) s += f[12] + f[13] }
     END { printf "%.0f\n", s }'
