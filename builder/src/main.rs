@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 ok, 1 failed, 2 usage, 3 not trusted or corrupt, 130 interrupted.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -14,7 +15,7 @@ use kubeferry_installer::keys::{FileDigest, PublicKey, SecretKey};
 use kubeferry_installer::reader::Bundle;
 use kubeferry_installer::trust::Trust;
 use kubeferry_installer::{StreamOptions, extract};
-use kubeferry_term::{Terminal, print_error, render_entries, render_summary};
+use kubeferry_term::{Terminal, print_error, render_summary, write_entries};
 
 /// Carries Kubernetes across the air gap: packs a cluster rootfs and an installer stub into
 /// one signed, self-extracting file per CPU architecture.
@@ -203,8 +204,10 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
         })
         .collect::<Result<Vec<_>, Error>>()?;
     for (&arch, (stub_path, stub_bytes)) in arches.iter().zip(&stubs) {
-        let entries = collect::collect(&args.rootfs, arch)?;
-        let facts = collect::facts(&entries);
+        // A first walk reads no content: it finds what cannot be packed before anything is
+        // written, and gives the progress bar its total.
+        let (_, unpacked_size) = collect::measure(&args.rootfs, arch)?;
+        let facts = collect::facts(&args.rootfs, arch);
         let spec = Spec {
             kubernetes_version: args.kubernetes_version.clone().or(facts.kubernetes_version),
             cri: facts.cri,
@@ -215,13 +218,14 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
             ..Spec::new(&args.name, &args.version, arch)
         };
         term.say(&format!("building {} with stub '{}'", spec.file_name(), stub_path.display()));
-        let packed = pack::pack(stub_bytes, &entries, &spec, key.as_ref(), &args.out, term)?;
+        let entries = collect::walk(&args.rootfs, arch)?;
+        let packed = pack::pack(stub_bytes, entries, unpacked_size, &spec, key.as_ref(), &args.out, term)?;
         let m = &packed.manifest;
         term.say(&format!(
             "wrote '{}': {}, {} entries, {} unpacked, {}",
             packed.path.display(),
             human_bytes(packed.size),
-            m.entries.len(),
+            m.index.entries,
             human_bytes(m.payload.unpacked_size),
             match &m.signer {
                 Some(s) => format!("signed by {}", s.fingerprint),
@@ -245,7 +249,8 @@ fn inspect(file: &Path, json: bool) -> Result<(), Error> {
     let bundle = Bundle::open(file)?;
     let manifest = bundle.manifest_unverified()?;
     let size = bundle.trailer().file_len;
-    if json {
+    let mut out = std::io::stdout().lock();
+    let head = if json {
         let t = bundle.trailer();
         let value = serde_json::json!({
             "file": file,
@@ -257,18 +262,35 @@ fn inspect(file: &Path, json: bool) -> Result<(), Error> {
                 "format_version": t.version,
                 "stub": [0, t.stub_len],
                 "payload": [t.payload_offset, t.payload_len],
+                "index": [t.index_offset, t.index_len],
                 "manifest": [t.manifest_offset, t.manifest_len],
                 "signature": [t.signature_offset, t.signature_len],
             },
             "manifest": manifest,
         });
-        println!("{value:#}");
+        // The entries follow as the index is read, so the object is closed after them.
+        let text = format!("{value:#}");
+        format!("{},\n  \"entries\": ", text.strip_suffix("\n}").unwrap_or(&text))
     } else {
-        print!("{}", render_summary(file, size, &manifest, false));
-        println!();
-        print!("{}", render_entries(&manifest));
+        format!("{}\n", render_summary(file, size, &manifest, false))
+    };
+    if let Err(e) = out.write_all(head.as_bytes()) {
+        return quiet_on_broken_pipe(e);
+    }
+    write_entries(&mut out, bundle.entries(&manifest), json)?;
+    if json && let Err(e) = out.write_all(b"}\n") {
+        return quiet_on_broken_pipe(e);
     }
     Ok(())
+}
+
+/// A reader that stops reading (`| head`) ends the output quietly.
+fn quiet_on_broken_pipe(e: std::io::Error) -> Result<(), Error> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(Error::io("write", "standard output")(e))
+    }
 }
 
 fn verify(
@@ -307,7 +329,7 @@ fn verify(
             serde_json::json!({
                 "file": file, "verified": true, "signer": signer, "name": m.name, "version": m.version,
                 "arch": m.arch, "size": bundle.trailer().file_len, "unpacked_size": m.payload.unpacked_size,
-                "entries": m.entries.len(), "minisig": minisig,
+                "entries": m.index.entries, "minisig": minisig,
             })
         );
     } else {
@@ -317,7 +339,7 @@ fn verify(
             m.name,
             m.version,
             m.arch,
-            m.entries.len()
+            m.index.entries
         ));
     }
     Ok(())

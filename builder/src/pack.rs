@@ -1,20 +1,24 @@
-//! Packing: the stub, then the payload in independently compressed chunks, then the
-//! manifest, the signature and the trailer, written in one pass into `NAME.run.partial` and
-//! renamed into place when complete.
+//! Packing: the stub, then the payload in independently compressed chunks, then the index,
+//! the manifest, the signature and the trailer, written in one pass into `NAME.run.partial`
+//! and renamed into place when complete.
 //!
-//! The payload holds the content of every regular file, compressible files first and
-//! already-compressed ones (layer blobs, tarballs) last, so that the latter are stored as they
-//! are instead of paying for a second compression. Chunk boundaries depend only on the
+//! Entries come one at a time, in tree order, and are read once: the payload holds the
+//! content of every regular file in that order, and the index their records. A chunk never
+//! mixes already-compressed files (layer blobs, tarballs), which are stored as they are
+//! instead of paying for a second compression, with the others. The index is written to an
+//! anonymous temporary file beside the output while the payload is written, then appended:
+//! memory does not grow with the number of files. Chunk boundaries depend only on the
 //! input, never on the number of threads, so the same input gives the same bytes.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use kubeferry_installer::arch::Arch;
+use kubeferry_installer::index::IndexWriter;
 use kubeferry_installer::keys::{FileDigest, SecretKey};
 use kubeferry_installer::manifest::{
     Blob, Chunk, Codec, Digest, Entry, MANIFEST_FORMAT, Manifest, Mode, Owner, Payload, Signer,
@@ -34,8 +38,8 @@ const STORE_MIN_LEN: u64 = 64 << 10;
 /// Leading bytes of formats that are compressed already: gzip, zstd, xz, bzip2.
 const COMPRESSED_MAGICS: [&[u8]; 4] = [&[0x1f, 0x8b], &[0x28, 0xb5, 0x2f, 0xfd], b"\xfd7zXZ\0", b"BZh"];
 
-/// One entry to pack. [`crate::collect`] makes these from a rootfs and checks them; packing
-/// writes what it is given, so tests can build bundles a reader must refuse.
+/// One entry to pack. [`crate::collect`] makes these from a rootfs, in tree order, and checks
+/// them; packing writes what it is given, so tests can build bundles a reader must refuse.
 #[derive(Debug, Clone)]
 pub struct PackEntry {
     /// Relative path, `/`-separated.
@@ -56,6 +60,8 @@ pub enum PackKind {
     File {
         /// Permission bits.
         mode: u32,
+        /// Whether later hard links may name it (it has more than one name on disk).
+        linked: bool,
         /// Where its bytes come from.
         content: Content,
     },
@@ -86,28 +92,19 @@ pub enum Content {
 }
 
 impl Content {
-    fn size(&self) -> u64 {
+    /// Its length in bytes.
+    pub fn size(&self) -> u64 {
         match self {
             Content::Path { size, .. } => *size,
             Content::Bytes(b) => b.len() as u64,
         }
     }
 
-    fn open(&self) -> Result<Box<dyn Read + Send + '_>> {
+    fn into_reader(self) -> Result<Box<dyn Read + Send>> {
         Ok(match self {
-            Content::Path { path, .. } => Box::new(File::open(path).map_err(Error::io("open", path))?),
-            Content::Bytes(b) => Box::new(b.as_slice()),
+            Content::Path { path, .. } => Box::new(File::open(&path).map_err(Error::io("open", &path))?),
+            Content::Bytes(b) => Box::new(std::io::Cursor::new(b)),
         })
-    }
-
-    /// The whole content of a file of at most 1 MiB, for reading facts from it.
-    pub fn read_small(&self) -> Option<Vec<u8>> {
-        if self.size() > 1 << 20 {
-            return None;
-        }
-        let mut out = Vec::new();
-        self.open().ok()?.read_to_end(&mut out).ok()?;
-        Some(out)
     }
 
     /// Whether the content starts like a compressed stream and is large enough to store as is.
@@ -116,23 +113,19 @@ impl Content {
             return Ok(false);
         }
         let mut head = [0u8; 6];
-        let mut reader = self.open()?;
-        let mut n = 0;
-        while n < head.len() {
-            match reader.read(&mut head[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) => return Err(self.read_error(e)),
+        let n = match self {
+            Content::Path { path, .. } => {
+                use std::os::unix::fs::FileExt;
+                let file = File::open(path).map_err(Error::io("open", path))?;
+                file.read_at(&mut head, 0).map_err(Error::io("read", path))?
             }
-        }
+            Content::Bytes(b) => {
+                let n = b.len().min(head.len());
+                head[..n].copy_from_slice(&b[..n]);
+                n
+            }
+        };
         Ok(COMPRESSED_MAGICS.iter().any(|m| head[..n].starts_with(m)))
-    }
-
-    fn read_error(&self, e: std::io::Error) -> Error {
-        match self {
-            Content::Path { path, .. } => Error::io("read", path)(e),
-            Content::Bytes(_) => Error::io("read", "<memory>")(e),
-        }
     }
 
     fn shown(&self) -> PathBuf {
@@ -219,10 +212,13 @@ pub struct Packed {
     pub manifest: Manifest,
 }
 
-/// Writes a bundle into `out_dir` from a stub and the entries, signed with `key` if given.
+/// Writes a bundle into `out_dir` from a stub and the entries, which must come in tree order
+/// and whose content holds `unpacked_size` bytes in all (for progress), signed with `key`
+/// if given.
 pub fn pack(
     stub: &[u8],
-    entries: &[PackEntry],
+    entries: impl Iterator<Item = Result<PackEntry>> + Send,
+    unpacked_size: u64,
     spec: &Spec,
     key: Option<&SecretKey>,
     out_dir: &Path,
@@ -235,23 +231,18 @@ pub fn pack(
     out.write(stub)?;
     let stub_blob = Blob { size: stub.len() as u64, digest: Digest::of(stub) };
 
-    let stored = entries
-        .iter()
-        .map(|e| match &e.kind {
-            PackKind::File { content, .. } => content.is_compressed(),
-            _ => Ok(false),
-        })
-        .collect::<Result<Vec<bool>>>()?;
-    let order: Vec<usize> = (0..entries.len())
-        .filter(|&i| matches!(entries[i].kind, PackKind::File { .. }) && !stored[i])
-        .chain((0..entries.len()).filter(|&i| stored[i]))
-        .collect();
-    let unpacked_size: u64 = order.iter().map(|&i| file_content(&entries[i]).map_or(0, Content::size)).sum();
-
+    let index_file =
+        tempfile::tempfile_in(out_dir).map_err(Error::io("create a temporary file in", out_dir))?;
     reporter.begin("pack", unpacked_size);
-    let mut producer = ChunkProducer::new(entries, &order, &stored, spec.cancel.clone());
+    let mut producer = ChunkProducer {
+        entries,
+        index: IndexWriter::new(std::io::BufWriter::new(index_file), spec.level),
+        cancel: spec.cancel.clone(),
+        current: None,
+        pending: None,
+    };
     let mut chunks = Vec::new();
-    let mut payload_size = 0u64;
+    let (mut payload_size, mut payload_unpacked) = (0u64, 0u64);
     let workers = if spec.jobs > 0 { spec.jobs } else { pipeline::default_workers() };
     pipeline::ordered(
         workers,
@@ -260,30 +251,21 @@ pub fn pack(
         |(chunk, packed, unpacked): (Chunk, Vec<u8>, u64)| {
             out.write(&packed)?;
             payload_size += chunk.size;
+            payload_unpacked += unpacked;
             chunks.push(chunk);
             reporter.advance(unpacked);
             Ok(())
         },
     )?;
     reporter.end();
-    let digests = producer.digests;
 
-    let manifest_entries = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| match &e.kind {
-            PackKind::Dir { mode } => Entry::Dir { path: e.path.clone(), mode: Mode(*mode) },
-            PackKind::File { mode, content } => Entry::File {
-                path: e.path.clone(),
-                mode: Mode(*mode),
-                size: content.size(),
-                digest: digests.get(&i).copied().unwrap_or(Digest([0; 32])),
-                stored: stored[i],
-            },
-            PackKind::Symlink { target } => Entry::Symlink { path: e.path.clone(), target: target.clone() },
-            PackKind::Hardlink { target } => Entry::Hardlink { path: e.path.clone(), target: target.clone() },
-        })
-        .collect();
+    let shown_tmp = || out_dir.join("<index>");
+    let (index_out, index) = producer.index.finish().map_err(|e| Error::io("write", shown_tmp())(e))?;
+    let mut index_file =
+        index_out.into_inner().map_err(|e| Error::io("write", shown_tmp())(e.into_error()))?;
+    index_file.rewind().map_err(Error::io("read", shown_tmp()))?;
+    out.copy_from(&mut index_file, &shown_tmp())?;
+
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         name: spec.name.clone(),
@@ -296,8 +278,8 @@ pub fn pack(
         owner: Owner { uid: 0, gid: 0 },
         signer: key.map(signer_of),
         stub: stub_blob,
-        payload: Payload { size: payload_size, unpacked_size, chunks },
-        entries: manifest_entries,
+        payload: Payload { size: payload_size, unpacked_size: payload_unpacked, chunks },
+        index,
     };
     out.finish_tail(&manifest, key)?;
     out.commit(&spec.file_name(), key, manifest)
@@ -312,24 +294,10 @@ pub fn rewrite_tail(
     key: &SecretKey,
 ) -> Result<Packed> {
     let mut out = Output::create(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = prefix.read(&mut buf).map_err(Error::io("read", path))?;
-        if n == 0 {
-            break;
-        }
-        out.write(&buf[..n])?;
-    }
+    out.copy_from(&mut prefix, path)?;
     out.finish_tail(&manifest, Some(key))?;
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     out.commit(&file_name, Some(key), manifest)
-}
-
-fn file_content(entry: &PackEntry) -> Option<&Content> {
-    match &entry.kind {
-        PackKind::File { content, .. } => Some(content),
-        _ => None,
-    }
 }
 
 /// How the manifest names a signing key.
@@ -357,74 +325,106 @@ fn pack_chunk(codec: Codec, data: Vec<u8>, level: i32) -> (Chunk, Vec<u8>, u64) 
     (chunk, bytes, unpacked)
 }
 
-/// Reads the files in payload order and cuts their bytes into chunks, hashing every file as
-/// it goes. A chunk never mixes compressible and stored files.
-struct ChunkProducer<'a> {
-    entries: &'a [PackEntry],
-    order: &'a [usize],
-    stored: &'a [bool],
-    cancel: Option<Arc<AtomicBool>>,
-    next: usize,
-    current: Option<(usize, Box<dyn Read + Send + 'a>, Sha256, u64)>,
-    digests: std::collections::HashMap<usize, Digest>,
+/// The record the index holds for an entry.
+fn index_entry(entry: &PackEntry) -> Entry {
+    let path = entry.path.clone();
+    match &entry.kind {
+        PackKind::Dir { mode } => Entry::Dir { path, mode: Mode(*mode) },
+        PackKind::File { mode, linked, content } => {
+            Entry::File { path, mode: Mode(*mode), size: content.size(), linked: *linked }
+        }
+        PackKind::Symlink { target } => Entry::Symlink { path, target: target.clone() },
+        PackKind::Hardlink { target } => Entry::Hardlink { path, target: target.clone() },
+    }
 }
 
-impl<'a> ChunkProducer<'a> {
-    fn new(
-        entries: &'a [PackEntry],
-        order: &'a [usize],
-        stored: &'a [bool],
-        cancel: Option<Arc<AtomicBool>>,
-    ) -> Self {
-        ChunkProducer { entries, order, stored, cancel, next: 0, current: None, digests: Default::default() }
-    }
+/// A file being read into chunks.
+struct Reading {
+    reader: Box<dyn Read + Send>,
+    size: u64,
+    read: u64,
+    shown: PathBuf,
+    stored: bool,
+}
 
+/// Takes the entries in order, writes each one's index record, and cuts the files' bytes
+/// into chunks. A chunk never mixes compressible and stored files.
+struct ChunkProducer<I, W: Write> {
+    entries: I,
+    index: IndexWriter<W>,
+    cancel: Option<Arc<AtomicBool>>,
+    current: Option<Reading>,
+    /// A file that starts the next chunk because it is not of the current chunk's kind: its
+    /// record, its content and whether it is stored.
+    pending: Option<(Entry, Option<Content>, bool)>,
+}
+
+impl<I: Iterator<Item = Result<PackEntry>>, W: Write> ChunkProducer<I, W> {
     fn next_chunk(&mut self) -> Result<Option<(Codec, Vec<u8>)>> {
         if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::Interrupted);
         }
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_LEN);
-        let mut class: Option<bool> = None;
+        let mut class = self.current.as_ref().map(|r| r.stored);
         loop {
             if self.current.is_none() {
-                let Some(&index) = self.order.get(self.next) else { break };
-                let is_stored = self.stored[index];
-                if class.is_some_and(|c| c != is_stored) {
-                    break;
+                let (record, content, stored) = match self.pending.take() {
+                    Some(pending) => pending,
+                    None => match self.entries.next() {
+                        None => break,
+                        Some(entry) => {
+                            let entry = entry?;
+                            let record = index_entry(&entry);
+                            match entry.kind {
+                                PackKind::File { content, .. } if content.size() > 0 => {
+                                    let stored = content.is_compressed()?;
+                                    (record, Some(content), stored)
+                                }
+                                _ => (record, None, false),
+                            }
+                        }
+                    },
+                };
+                if let Some(content) = content {
+                    if !buf.is_empty() && class != Some(stored) {
+                        self.pending = Some((record, Some(content), stored));
+                        break;
+                    }
+                    class = Some(stored);
+                    self.current = Some(Reading {
+                        size: content.size(),
+                        shown: content.shown(),
+                        reader: content.into_reader()?,
+                        read: 0,
+                        stored,
+                    });
                 }
-                class = Some(is_stored);
-                self.next += 1;
-                let Some(content) = file_content(&self.entries[index]) else { continue };
-                self.current = Some((index, content.open()?, Sha256::new(), 0));
+                self.index.push(&record).map_err(|e| Error::io("write", "<index>")(e))?;
+                continue;
             }
             if buf.len() == CHUNK_LEN {
                 break;
             }
-            let Some((index, reader, hasher, read)) = self.current.as_mut() else { continue };
-            let content = file_content(&self.entries[*index]).map(|c| (c.size(), c.shown()));
-            let (size, shown) = content.unwrap_or_default();
+            let Some(reading) = self.current.as_mut() else { continue };
             let start = buf.len();
-            let want = (CHUNK_LEN - start).min((size - *read) as usize);
+            let want = (CHUNK_LEN - start).min((reading.size - reading.read) as usize);
             buf.resize(start + want, 0);
             let mut filled = 0;
             while filled < want {
-                match reader.read(&mut buf[start + filled..]) {
-                    Ok(0) => return Err(Error::Changed { path: shown }),
+                match reading.reader.read(&mut buf[start + filled..]) {
+                    Ok(0) => return Err(Error::Changed { path: reading.shown.clone() }),
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(Error::io("read", shown)(e)),
+                    Err(e) => return Err(Error::io("read", reading.shown.clone())(e)),
                 }
             }
-            hasher.update(&buf[start..]);
-            *read += want as u64;
-            if *read == size {
+            reading.read += want as u64;
+            if reading.read == reading.size {
                 let mut probe = [0u8; 1];
-                if matches!(reader.read(&mut probe), Ok(n) if n > 0) {
-                    return Err(Error::Changed { path: shown });
+                if matches!(reading.reader.read(&mut probe), Ok(n) if n > 0) {
+                    return Err(Error::Changed { path: reading.shown.clone() });
                 }
-                if let Some((index, _, hasher, _)) = self.current.take() {
-                    self.digests.insert(index, Digest::from_hasher(hasher));
-                }
+                self.current = None;
             }
         }
         if buf.is_empty() {
@@ -466,6 +466,18 @@ impl Output {
         })
     }
 
+    /// Appends everything `source` holds.
+    fn copy_from(&mut self, source: &mut impl Read, shown: &Path) -> Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = source.read(&mut buf).map_err(Error::io("read", shown))?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.write(&buf[..n])?;
+        }
+    }
+
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         if let Some(file) = self.file.as_mut() {
             file.write_all(bytes).map_err(Error::io("write", &self.partial))?;
@@ -482,12 +494,13 @@ impl Output {
         let trailer = Trailer::layout(
             manifest.stub.size,
             manifest.payload.size,
+            manifest.index.size,
             manifest_bytes.len() as u64,
             key.is_some(),
         );
         if trailer.manifest_offset != self.len {
             return Err(Error::io("write", &self.partial)(std::io::Error::other(
-                "the payload length differs from the manifest's",
+                "the payload and index lengths differ from the manifest's",
             )));
         }
         let trailer_bytes = trailer.encode();

@@ -101,7 +101,7 @@ pub enum Error {
     /// The manifest and trailer disagree about a region.
     #[error("the manifest and the trailer disagree about the {region}")]
     LayoutMismatch {
-        /// "stub" or "payload".
+        /// "stub", "payload" or "index".
         region: &'static str,
     },
     /// The bundle is for another architecture than wanted.
@@ -126,18 +126,18 @@ pub enum Error {
     /// A region whose bytes do not match the manifest.
     #[error("{what} is corrupt: expected {expected}, found {found}")]
     Digest {
-        /// What failed: "the stub", "payload chunk 3", "file 'bin/kubeadm'".
+        /// What failed: "the stub", "payload chunk 3", "index block 0".
         what: String,
         /// The manifest's digest.
         expected: String,
         /// The digest of the bytes read.
         found: String,
     },
-    /// A chunk that does not unpack.
-    #[error("payload chunk {index} does not unpack")]
+    /// A payload chunk or index block that does not unpack.
+    #[error("{what} does not unpack")]
     Unpack {
-        /// Chunk index.
-        index: usize,
+        /// What failed: "payload chunk 3", "index block 0".
+        what: String,
         /// The decompressor's error.
         #[source]
         source: io::Error,

@@ -3,13 +3,15 @@
 //!
 //! # Security
 //!
-//! Nothing is written outside the target. Before a byte is written the manifest has been
-//! authenticated and validated ([`Manifest::validate`]): paths are relative with only normal
-//! components, every parent is a directory listed earlier (so no entry is reached through a
-//! symlink), symlink targets stay inside the tree, hard links name earlier regular files, and
-//! nothing but directories, regular files and links exists in the format. The staging
-//! directory is new and private (0700) while it is filled; files are created with `O_EXCL`;
-//! links are made only after every file is written.
+//! Nothing is written outside the target. The manifest has been authenticated before a byte
+//! is read, and each entry of the index is validated ([`crate::manifest::Validator`]) before it
+//! is acted on: paths are relative with only normal components, entries come in strict tree
+//! order (so no path is listed twice), every parent is a directory listed earlier and created
+//! here as a real directory (so no entry is ever reached through a symlink), symlink targets
+//! stay inside the tree, hard links name earlier regular files, and nothing but directories,
+//! regular files and links exists in the format. The staging directory is new and private
+//! (0700) while it is filled and files are created with `O_EXCL`. An entry refused half-way
+//! through the index leaves only the staging directory, which is removed.
 
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{ErrorKind, Write};
@@ -17,12 +19,12 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
-use nix::sys::stat::{UtimensatFlags, utimensat};
+use nix::sys::stat::{UtimensatFlags, futimens, utimensat};
 use nix::sys::time::TimeSpec;
-use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result, human_bytes};
-use crate::manifest::{Digest, Entry, Manifest};
+use crate::index::Entries;
+use crate::manifest::{Entry, Manifest, Owner};
 use crate::progress::Reporter;
 use crate::reader::{Bundle, Verified};
 use crate::stream::{self, Sink, StreamOptions};
@@ -101,34 +103,9 @@ pub fn extract(
 
     let guard = RemoveOnDrop(Some(staging.clone()));
     fs::DirBuilder::new().mode(0o700).create(&staging).map_err(Error::io("create", &staging))?;
-    let shown = |entry: &str| target.join(entry);
-    for entry in &manifest.entries {
-        if let Entry::Dir { path, .. } = entry {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(staging.join(path))
-                .map_err(Error::io("create", shown(path)))?;
-        }
-    }
-
-    let mut writer = FileWriter::new(&staging, &target, manifest);
+    let mut writer = TreeWriter::new(&staging, &target, bundle, manifest)?;
     stream::run(bundle, manifest, Some(&mut writer), &options.stream, reporter)?;
-    writer.finish()?;
-
-    for entry in &manifest.entries {
-        match entry {
-            Entry::Symlink { path, target: to } => {
-                std::os::unix::fs::symlink(to, staging.join(path))
-                    .map_err(Error::io("create", shown(path)))?;
-            }
-            Entry::Hardlink { path, target: to } => {
-                fs::hard_link(staging.join(to), staging.join(path))
-                    .map_err(Error::io("create", shown(path)))?;
-            }
-            _ => {}
-        }
-    }
-    set_metadata(&staging, &target, manifest)?;
+    let entries = writer.finish()?;
     let root = File::open(&staging).map_err(Error::io("open", &staging))?;
     nix::unistd::syncfs(&root).map_err(|e| Error::io("sync", &staging)(e.into()))?;
 
@@ -145,7 +122,7 @@ pub fn extract(
     if let Ok(dir) = File::open(&parent) {
         let _ = dir.sync_all();
     }
-    Ok(ExtractSummary { entries: manifest.entries.len(), bytes: manifest.payload.unpacked_size })
+    Ok(ExtractSummary { entries, bytes: manifest.payload.unpacked_size })
 }
 
 /// What is at the target before extraction.
@@ -196,7 +173,7 @@ fn remove_if_present(path: &Path) -> Result<()> {
 fn check_space(dir: &Path, manifest: &Manifest) -> Result<()> {
     let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| Error::io("inspect", dir)(e.into()))?;
     let available = stat.blocks_available().saturating_mul(stat.fragment_size());
-    let needed = manifest.payload.unpacked_size + SPACE_MARGIN_PER_ENTRY * manifest.entries.len() as u64;
+    let needed = manifest.payload.unpacked_size + SPACE_MARGIN_PER_ENTRY * manifest.index.entries;
     if available < needed {
         return Err(Error::NoSpace {
             path: dir.to_path_buf(),
@@ -224,92 +201,144 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// Writes the payload's bytes into the regular files, in payload order, checking each file's
-/// digest as it closes.
-struct FileWriter<'a> {
+/// Builds the tree in the staging directory as the index and the payload come: directories,
+/// files, and links in index order, each file's bytes as the payload delivers them. A
+/// directory's mode and time are set when the walk leaves it, after everything in it.
+struct TreeWriter<'a> {
     staging: &'a Path,
     target: &'a Path,
-    files: Vec<(&'a str, u64, Digest, u32)>,
-    next: usize,
-    open: Option<OpenFile<'a>>,
+    root: File,
+    entries: Entries<'a>,
+    open: Option<OpenFile>,
+    dirs: Vec<(String, u32)>,
+    time: TimeSpec,
+    owner: Option<Owner>,
+    count: usize,
 }
 
-struct OpenFile<'a> {
+struct OpenFile {
     file: File,
-    path: &'a str,
+    path: String,
     remaining: u64,
-    hasher: Sha256,
-    digest: Digest,
     mode: u32,
 }
 
-impl<'a> FileWriter<'a> {
-    fn new(staging: &'a Path, target: &'a Path, manifest: &'a Manifest) -> Self {
-        let by_path: std::collections::HashMap<&str, (Digest, u32)> = manifest
-            .entries
-            .iter()
-            .filter_map(|e| match e {
-                Entry::File { path, digest, mode, .. } => Some((path.as_str(), (*digest, mode.0))),
-                _ => None,
-            })
-            .collect();
-        let files = manifest
-            .payload_files()
-            .filter_map(|(path, size)| by_path.get(path).map(|(digest, mode)| (path, size, *digest, *mode)))
-            .collect();
-        FileWriter { staging, target, files, next: 0, open: None }
+impl<'a> TreeWriter<'a> {
+    fn new(staging: &'a Path, target: &'a Path, bundle: &'a Bundle, manifest: &'a Manifest) -> Result<Self> {
+        Ok(TreeWriter {
+            staging,
+            target,
+            root: File::open(staging).map_err(Error::io("open", staging))?,
+            entries: bundle.entries(manifest),
+            open: None,
+            dirs: Vec::new(),
+            time: TimeSpec::new(manifest.mtime, 0),
+            owner: nix::unistd::geteuid().is_root().then_some(manifest.owner),
+            count: 0,
+        })
     }
 
-    /// Creates the next file of payload order; returns false when there is none.
+    /// Places entries until a file with content is open; returns false at the end of the index.
     fn open_next(&mut self) -> Result<bool> {
-        while let Some(&(path, size, digest, mode)) = self.files.get(self.next) {
-            self.next += 1;
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(self.staging.join(path))
-                .map_err(Error::io("create", self.target.join(path)))?;
-            let open = OpenFile { file, path, remaining: size, hasher: Sha256::new(), digest, mode };
-            if size == 0 {
-                self.close(open)?;
-            } else {
-                self.open = Some(open);
-                return Ok(true);
+        while let Some(entry) = self.entries.next() {
+            let entry = entry?;
+            self.count += 1;
+            self.leave_dirs(entry.path())?;
+            let shown = self.target.join(entry.path());
+            let full = self.staging.join(entry.path());
+            match entry {
+                Entry::Dir { path, mode } => {
+                    fs::DirBuilder::new().mode(0o700).create(&full).map_err(Error::io("create", shown))?;
+                    self.dirs.push((path, mode.0));
+                }
+                Entry::File { path, mode, size, .. } => {
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&full)
+                        .map_err(Error::io("create", shown))?;
+                    let open = OpenFile { file, path, remaining: size, mode: mode.0 };
+                    if size > 0 {
+                        self.open = Some(open);
+                        return Ok(true);
+                    }
+                    self.close(open)?;
+                }
+                Entry::Symlink { path, target } => {
+                    std::os::unix::fs::symlink(target, &full).map_err(Error::io("create", &shown))?;
+                    self.set_metadata(Path::new(&path), &shown, None)?;
+                }
+                Entry::Hardlink { target, .. } => {
+                    fs::hard_link(self.staging.join(target), &full).map_err(Error::io("create", shown))?;
+                }
             }
         }
         Ok(false)
     }
 
-    fn close(&self, open: OpenFile<'a>) -> Result<()> {
-        let found = Digest::from_hasher(open.hasher);
-        if found != open.digest {
-            return Err(Error::Digest {
-                what: format!("file '{}'", open.path),
-                expected: open.digest.to_string(),
-                found: found.to_string(),
-            });
+    /// Finishes the directories the walk has left: every one not above `path`.
+    fn leave_dirs(&mut self, path: &str) -> Result<()> {
+        while let Some((dir, _)) = self.dirs.last() {
+            if path.len() > dir.len() && path.starts_with(dir.as_str()) && path.as_bytes()[dir.len()] == b'/'
+            {
+                break;
+            }
+            if let Some((dir, mode)) = self.dirs.pop() {
+                self.set_metadata(Path::new(&dir), &self.target.join(&dir), Some(mode))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets owner (when root), mode (of a directory) and time of an entry by its path.
+    fn set_metadata(&self, relative: &Path, shown: &Path, dir_mode: Option<u32>) -> Result<()> {
+        let full = self.staging.join(relative);
+        if let Some(owner) = self.owner {
+            std::os::unix::fs::lchown(&full, Some(owner.uid), Some(owner.gid))
+                .map_err(Error::io("chown", shown))?;
+        }
+        if let Some(mode) = dir_mode {
+            fs::set_permissions(&full, Permissions::from_mode(mode))
+                .map_err(Error::io("set the mode of", shown))?;
+        }
+        utimensat(&self.root, relative, &self.time, &self.time, UtimensatFlags::NoFollowSymlink)
+            .map_err(|e| Error::io("set the time of", shown)(e.into()))
+    }
+
+    /// Gives a written file its owner, mode and time.
+    fn close(&self, open: OpenFile) -> Result<()> {
+        let shown = self.target.join(&open.path);
+        if let Some(owner) = self.owner {
+            std::os::unix::fs::fchown(&open.file, Some(owner.uid), Some(owner.gid))
+                .map_err(Error::io("chown", &shown))?;
         }
         open.file
             .set_permissions(Permissions::from_mode(open.mode))
-            .map_err(Error::io("set the mode of", self.target.join(open.path)))
+            .map_err(Error::io("set the mode of", &shown))?;
+        futimens(&open.file, &self.time, &self.time)
+            .map_err(|e| Error::io("set the time of", &shown)(e.into()))
     }
 
-    /// Checks that every file was written in full.
-    fn finish(&mut self) -> Result<()> {
-        if self.open.is_none() && !self.open_next()? {
-            return Ok(());
+    /// Places the entries after the last byte of content, checks that no file is left
+    /// waiting for content, and finishes every directory and the root. Returns the number
+    /// of entries.
+    fn finish(mut self) -> Result<usize> {
+        if self.open.is_some() || self.open_next()? {
+            let path = self.open.as_ref().map(|o| o.path.clone()).unwrap_or_default();
+            return Err(Error::Digest {
+                what: format!("file '{path}'"),
+                expected: "more content".into(),
+                found: "the end of the payload".into(),
+            });
         }
-        let path = self.open.as_ref().map(|o| o.path).unwrap_or_default();
-        Err(Error::Digest {
-            what: format!("file '{path}'"),
-            expected: "more content".into(),
-            found: "the end of the payload".into(),
-        })
+        self.leave_dirs("")?;
+        self.set_metadata(Path::new("."), self.target, Some(0o755))?;
+        Ok(self.count)
     }
 }
 
-impl Sink for FileWriter<'_> {
+impl Sink for TreeWriter<'_> {
     fn accept(&mut self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
             if self.open.is_none() && !self.open_next()? {
@@ -321,8 +350,7 @@ impl Sink for FileWriter<'_> {
             }
             let Some(open) = self.open.as_mut() else { continue };
             let n = (open.remaining.min(data.len() as u64)) as usize;
-            open.file.write_all(&data[..n]).map_err(Error::io("write", self.target.join(open.path)))?;
-            open.hasher.update(&data[..n]);
+            open.file.write_all(&data[..n]).map_err(Error::io("write", self.target.join(&open.path)))?;
             open.remaining -= n as u64;
             data = &data[n..];
             if open.remaining == 0
@@ -333,33 +361,4 @@ impl Sink for FileWriter<'_> {
         }
         Ok(())
     }
-}
-
-/// Sets owner (when root), directory modes and every mtime, children before parents.
-fn set_metadata(staging: &Path, target: &Path, manifest: &Manifest) -> Result<()> {
-    let root = File::open(staging).map_err(Error::io("open", staging))?;
-    let time = TimeSpec::new(manifest.mtime, 0);
-    let as_root = nix::unistd::geteuid().is_root();
-    let owner = manifest.owner;
-    let apply = |relative: &Path, shown: &Path, dir_mode: Option<u32>| -> Result<()> {
-        let full = staging.join(relative);
-        if as_root {
-            std::os::unix::fs::lchown(&full, Some(owner.uid), Some(owner.gid))
-                .map_err(Error::io("chown", shown))?;
-        }
-        if let Some(mode) = dir_mode {
-            fs::set_permissions(&full, Permissions::from_mode(mode))
-                .map_err(Error::io("set the mode of", shown))?;
-        }
-        utimensat(&root, relative, &time, &time, UtimensatFlags::NoFollowSymlink)
-            .map_err(|e| Error::io("set the time of", shown)(e.into()))
-    };
-    for entry in manifest.entries.iter().rev() {
-        let dir_mode = match entry {
-            Entry::Dir { mode, .. } => Some(mode.0),
-            _ => None,
-        };
-        apply(Path::new(entry.path()), &target.join(entry.path()), dir_mode)?;
-    }
-    apply(Path::new("."), target, Some(0o755))
 }

@@ -200,18 +200,31 @@ pub const HOST_TOOLS: [&str; 5] = ["iptables", "conntrack", "socat", "mount", "m
 /// Room beyond the unpacked payload for logs, state and the runtime's first writes.
 pub const DISK_MARGIN: u64 = 512 << 20;
 
+/// Which of [`HOST_TOOLS`] the bundle's bin/ carries, read from its index.
+pub fn bundled_tools(bundle: &Bundle, verified: &Verified) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for entry in bundle.entries(&verified.manifest) {
+        let entry = entry?;
+        if let Some(name) = entry.path().strip_prefix("bin/")
+            && HOST_TOOLS.contains(&name)
+        {
+            found.push(name.to_string());
+        }
+    }
+    Ok(found)
+}
+
 /// What preflight checks for this plan. What an earlier run did is not checked again: its
 /// registry holds the registry port, its rootfs already has its space.
 pub fn requirements(
     verified: &Verified,
+    bundled_bin: &[String],
     config: &InstallConfig,
     plan: &Plan,
     advertise_given: bool,
 ) -> Requirements {
     let m = &verified.manifest;
     let done = |id: StepId| plan.steps.iter().any(|s| s.id == id && s.done);
-    let bundled_bin: std::collections::BTreeSet<&str> =
-        m.entries.iter().filter_map(|e| e.path().strip_prefix("bin/")).collect();
     Requirements {
         arch: m.arch,
         cgroup_driver: if config.systemd_cgroup { "systemd" } else { "cgroupfs" }.into(),
@@ -225,7 +238,11 @@ pub fn requirements(
         } else {
             vec![(config.rootfs_dir.clone(), m.payload.unpacked_size + DISK_MARGIN)]
         },
-        tools: HOST_TOOLS.iter().filter(|t| !bundled_bin.contains(*t)).map(|t| t.to_string()).collect(),
+        tools: HOST_TOOLS
+            .iter()
+            .filter(|t| !bundled_bin.iter().any(|b| b == *t))
+            .map(|t| t.to_string())
+            .collect(),
         advertise_address_given: advertise_given,
         min_memory_mib: MIN_MEMORY_MIB,
         min_cpus: MIN_CPUS,
@@ -394,7 +411,7 @@ fn save_state(host: &dyn Host, name: &str, state: &State) -> Result<()> {
 mod tests {
     use super::*;
     use crate::arch::Arch;
-    use crate::manifest::{Blob, Entry, MANIFEST_FORMAT, Manifest, Mode, Owner, Payload};
+    use crate::manifest::{Blob, Index, MANIFEST_FORMAT, Manifest, Owner, Payload};
     use crate::reader::Authenticity;
 
     fn verified() -> Verified {
@@ -411,16 +428,7 @@ mod tests {
             signer: None,
             stub: Blob { size: 0, digest: Digest::of(b"") },
             payload: Payload { size: 0, unpacked_size: 1 << 30, chunks: vec![] },
-            entries: vec![
-                Entry::Dir { path: "bin".into(), mode: Mode(0o755) },
-                Entry::File {
-                    path: "bin/conntrack".into(),
-                    mode: Mode(0o755),
-                    size: 0,
-                    digest: Digest::of(b""),
-                    stored: false,
-                },
-            ],
+            index: Index { entries: 0, size: 0, unpacked_size: 0, blocks: vec![] },
         };
         Verified { manifest, authenticity: Authenticity::Unchecked }
     }
@@ -447,7 +455,8 @@ mod tests {
 
     #[test]
     fn a_first_run_checks_everything_and_a_resumed_one_not_what_it_did() {
-        let first = requirements(&verified(), &config(), &plan_with(&[]), false);
+        let bundled = ["conntrack".to_string()];
+        let first = requirements(&verified(), &bundled, &config(), &plan_with(&[]), false);
         assert_eq!(first.ports, [6443, 10250, 10257, 10259, 2379, 2380, 5000]);
         assert_eq!(first.disk, [(PathBuf::from("/var/lib/kubeferry/edge/rootfs"), (1 << 30) + DISK_MARGIN)]);
         assert_eq!(
@@ -459,6 +468,7 @@ mod tests {
 
         let resumed = requirements(
             &verified(),
+            &bundled,
             &config(),
             &plan_with(&[StepId::Extract, StepId::Runtime, StepId::Registry]),
             true,

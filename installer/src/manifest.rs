@@ -1,9 +1,11 @@
 //! The manifest: what a bundle holds, and the digest of every byte of it.
 //!
-//! It is JSON, stored between the payload and the signature, and can be read without reading
-//! the payload. The signature covers it; it covers the stub, every payload chunk and every file.
+//! It is JSON, stored between the index and the signature, and can be read without reading
+//! the payload or the index. The signature covers it; it covers the stub, every payload chunk
+//! and every index block, so every byte of the bundle.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -18,7 +20,10 @@ pub const MAX_CHUNK_LEN: u64 = 16 << 20;
 /// The longest path a bundle may hold.
 pub const MAX_PATH_LEN: usize = 4096;
 
-/// Everything known about a bundle without reading its payload.
+/// Everything known about a bundle without reading its payload or its index: the signed
+/// header. It stays small whatever the input: its size grows with the number of payload chunks
+/// (one per 4 MiB of content) and index blocks (one per MiB of entry records), never with the
+/// number of files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -48,8 +53,24 @@ pub struct Manifest {
     pub stub: Blob,
     /// The compressed payload.
     pub payload: Payload,
-    /// Every entry of the rootfs, sorted by path.
-    pub entries: Vec<Entry>,
+    /// The index: every entry of the rootfs, in tree order, in compressed blocks.
+    pub index: Index,
+}
+
+/// The index region: one record per entry of the rootfs, in tree order, as JSON lines cut
+/// into blocks that are compressed and digested one by one, so that a reader checks each
+/// block before it parses it and never holds more than one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Index {
+    /// Number of entries.
+    pub entries: u64,
+    /// Packed length: the sum of the blocks' sizes.
+    pub size: u64,
+    /// Unpacked length.
+    pub unpacked_size: u64,
+    /// The blocks, in order.
+    pub blocks: Vec<Chunk>,
 }
 
 /// Owner of extracted entries.
@@ -82,7 +103,7 @@ pub struct Blob {
     pub digest: Digest,
 }
 
-/// The payload: the content of every regular file, in payload order, cut into chunks that are
+/// The payload: the content of every regular file, in tree order, cut into chunks that are
 /// compressed independently so that they can be checked and unpacked in parallel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,11 +112,11 @@ pub struct Payload {
     pub size: u64,
     /// Unpacked length: the sum of the regular files' sizes.
     pub unpacked_size: u64,
-    /// The chunks, in file order.
+    /// The chunks, in order.
     pub chunks: Vec<Chunk>,
 }
 
-/// One independently compressed piece of the payload.
+/// One independently compressed piece of the payload or of the index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Chunk {
@@ -130,7 +151,7 @@ pub enum Entry {
         /// Permission bits.
         mode: Mode,
     },
-    /// A regular file; its content is in the payload.
+    /// A regular file; its content is the next `size` bytes of the payload.
     File {
         /// Relative path.
         path: String,
@@ -138,12 +159,9 @@ pub enum Entry {
         mode: Mode,
         /// Length in bytes.
         size: u64,
-        /// SHA-256 of the content.
-        digest: Digest,
-        /// Whether the content is already compressed and stored as is; stored files follow
-        /// the others in payload order.
+        /// Whether later hard links may name this file; only such files are remembered.
         #[serde(default, skip_serializing_if = "is_false")]
-        stored: bool,
+        linked: bool,
     },
     /// A symbolic link, relative and inside the rootfs.
     Symlink {
@@ -152,7 +170,7 @@ pub enum Entry {
         /// Link target, relative to the link's directory.
         target: String,
     },
-    /// A second name for an earlier regular file.
+    /// A second name for an earlier regular file marked `linked`.
     Hardlink {
         /// Relative path.
         path: String,
@@ -303,23 +321,9 @@ impl Manifest {
         serde_json::to_vec(self).expect("a manifest always serialises")
     }
 
-    /// The regular files in payload order: packed files first, then stored ones, each in
-    /// manifest order.
-    pub fn payload_files(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
-        let pass = |want_stored: bool| {
-            self.entries.iter().filter_map(move |e| match e {
-                Entry::File { path, size, stored, .. } if *stored == want_stored => {
-                    Some((path.as_str(), *size))
-                }
-                _ => None,
-            })
-        };
-        pass(false).chain(pass(true))
-    }
-
-    /// Checks everything a reader relies on before it writes a single byte: the format
-    /// version, that every path and link stays inside the target, that each parent is a
-    /// directory listed before its children, and that the chunk and file sizes add up.
+    /// Checks everything a reader relies on before it reads the payload or the index: the
+    /// format version, and that the chunk and block sizes are bounded and add up. The
+    /// entries are checked one by one as the index is read ([`Validator`]).
     pub fn validate(&self) -> Result<(), ManifestError> {
         let inconsistent = |m: String| Err(ManifestError::Inconsistent(m));
         if self.format != MANIFEST_FORMAT {
@@ -328,62 +332,135 @@ impl Manifest {
                 self.format
             ));
         }
-        let mut kinds: HashMap<&str, &Entry> = HashMap::with_capacity(self.entries.len());
-        let mut previous: Option<&str> = None;
-        for entry in &self.entries {
-            let path = entry.path();
-            let unsafe_entry = |reason: &str| ManifestError::UnsafeEntry {
-                path: path.to_string(),
-                reason: reason.to_string(),
-            };
-            let depth = check_relative_path(path).map_err(|r| unsafe_entry(&r))?;
-            if previous.is_some_and(|p| p >= path) {
-                return Err(unsafe_entry("entries are not sorted, or the path is listed twice"));
-            }
-            previous = Some(path);
-            if let Some((parent, _)) = path.rsplit_once('/') {
-                match kinds.get(parent) {
-                    Some(Entry::Dir { .. }) => {}
-                    Some(_) => return Err(unsafe_entry("its parent is not a directory")),
-                    None => return Err(unsafe_entry("its parent directory is not listed before it")),
-                }
-            }
-            match entry {
-                Entry::Dir { mode, .. } | Entry::File { mode, .. } if mode.0 & !0o777 != 0 => {
-                    return Err(unsafe_entry(&format!("mode {mode} has bits other than permissions")));
-                }
-                Entry::Symlink { target, .. } => {
-                    check_symlink_target(target, depth - 1).map_err(|r| unsafe_entry(&r))?;
-                }
-                Entry::Hardlink { target, .. } => match kinds.get(target.as_str()) {
-                    Some(Entry::File { .. }) => {}
-                    _ => return Err(unsafe_entry("a hard link must name a regular file listed before it")),
-                },
-                _ => {}
-            }
-            kinds.insert(path, entry);
-        }
+        check_chunks("payload chunk", &self.payload.chunks, self.payload.size, self.payload.unpacked_size)?;
+        check_chunks("index block", &self.index.blocks, self.index.size, self.index.unpacked_size)
+    }
+}
 
-        let files: u64 = self.payload_files().map(|(_, size)| size).sum();
-        let (mut packed, mut unpacked) = (0u64, 0u64);
-        for (i, chunk) in self.payload.chunks.iter().enumerate() {
-            if chunk.size > MAX_CHUNK_LEN || chunk.unpacked_size > MAX_CHUNK_LEN {
-                return inconsistent(format!("payload chunk {i} is larger than {MAX_CHUNK_LEN} bytes"));
-            }
-            if chunk.codec == Codec::Stored && chunk.size != chunk.unpacked_size {
-                return inconsistent(format!("stored payload chunk {i} changes size"));
-            }
-            packed += chunk.size;
-            unpacked += chunk.unpacked_size;
+/// Checks that chunks are bounded, that stored ones keep their size, and that their sizes add
+/// up to the recorded totals.
+fn check_chunks(what: &str, chunks: &[Chunk], size: u64, unpacked_size: u64) -> Result<(), ManifestError> {
+    let inconsistent = |m: String| Err(ManifestError::Inconsistent(m));
+    let (mut packed, mut unpacked) = (0u64, 0u64);
+    for (i, chunk) in chunks.iter().enumerate() {
+        if chunk.size > MAX_CHUNK_LEN || chunk.unpacked_size > MAX_CHUNK_LEN {
+            return inconsistent(format!("{what} {i} is larger than {MAX_CHUNK_LEN} bytes"));
         }
-        if packed != self.payload.size || unpacked != self.payload.unpacked_size || unpacked != files {
-            return inconsistent(format!(
-                "payload sizes do not add up: chunks hold {packed} bytes packed and {unpacked} unpacked, \
-                 the manifest says {} and {}, and the files hold {files}",
-                self.payload.size, self.payload.unpacked_size
-            ));
+        if chunk.codec == Codec::Stored && chunk.size != chunk.unpacked_size {
+            return inconsistent(format!("stored {what} {i} changes size"));
+        }
+        packed += chunk.size;
+        unpacked += chunk.unpacked_size;
+    }
+    if packed != size || unpacked != unpacked_size {
+        return inconsistent(format!(
+            "{what} sizes do not add up: they hold {packed} bytes packed and {unpacked} unpacked, \
+             the manifest says {size} and {unpacked_size}"
+        ));
+    }
+    Ok(())
+}
+
+/// Compares two paths in tree order: component by component, each bytewise. It is the order
+/// of a depth-first walk that visits each directory's children sorted by name, so that a
+/// directory's whole subtree follows it without anything in between.
+pub fn tree_order(a: &str, b: &str) -> Ordering {
+    let key = |c: u8| if c == b'/' { 0 } else { c };
+    a.bytes().map(key).cmp(b.bytes().map(key))
+}
+
+/// Checks the entries of an index one at a time, in the order they come, with memory that
+/// grows with the depth of the tree and the number of files marked `linked`, never with the
+/// number of entries: each entry is accepted only if its path is relative and normal, comes
+/// after the previous one in tree order, has as parent a directory listed before it (so no
+/// entry is ever reached through a symlink), is a symlink that stays inside the tree, or a
+/// hard link to an earlier `linked` file; modes carry permission bits only.
+#[derive(Debug, Default)]
+pub struct Validator {
+    previous: Option<(String, bool)>,
+    dirs: Vec<String>,
+    linked: HashSet<String>,
+    entries: u64,
+    file_bytes: u64,
+}
+
+impl Validator {
+    /// A validator for a new index.
+    pub fn new() -> Validator {
+        Validator::default()
+    }
+
+    /// Checks the next entry.
+    pub fn check(&mut self, entry: &Entry) -> Result<(), ManifestError> {
+        let path = entry.path();
+        let unsafe_entry =
+            |reason: &str| ManifestError::UnsafeEntry { path: path.to_string(), reason: reason.to_string() };
+        let depth = check_relative_path(path).map_err(|r| unsafe_entry(&r))?;
+        if let Some((previous, _)) = &self.previous
+            && tree_order(previous, path) != Ordering::Less
+        {
+            return Err(unsafe_entry("entries are not in tree order, or the path is listed twice"));
+        }
+        while let Some(top) = self.dirs.last() {
+            if path.len() > top.len() && path.starts_with(top.as_str()) && path.as_bytes()[top.len()] == b'/'
+            {
+                break;
+            }
+            self.dirs.pop();
+        }
+        if let Some((parent, _)) = path.rsplit_once('/')
+            && self.dirs.last().map(String::as_str) != Some(parent)
+        {
+            return Err(match &self.previous {
+                Some((previous, false)) if previous == parent => {
+                    unsafe_entry("its parent is not a directory")
+                }
+                _ => unsafe_entry("its parent directory is not listed before it"),
+            });
+        }
+        match entry {
+            Entry::Dir { mode, .. } | Entry::File { mode, .. } if mode.0 & !0o777 != 0 => {
+                return Err(unsafe_entry(&format!("mode {mode} has bits other than permissions")));
+            }
+            Entry::Symlink { target, .. } => {
+                check_symlink_target(target, depth - 1).map_err(|r| unsafe_entry(&r))?;
+            }
+            Entry::Hardlink { target, .. } if !self.linked.contains(target) => {
+                return Err(unsafe_entry("a hard link must name a regular file listed before it"));
+            }
+            _ => {}
+        }
+        match entry {
+            Entry::Dir { .. } => self.dirs.push(path.to_string()),
+            Entry::File { size, linked, .. } => {
+                self.file_bytes += size;
+                if *linked {
+                    self.linked.insert(path.to_string());
+                }
+            }
+            _ => {}
+        }
+        self.entries += 1;
+        self.previous = Some((path.to_string(), matches!(entry, Entry::Dir { .. })));
+        Ok(())
+    }
+
+    /// Checks, after the last entry, that the index held as many entries as the manifest says
+    /// and that the files hold exactly the payload's unpacked bytes.
+    pub fn finish(&self, manifest: &Manifest) -> Result<(), ManifestError> {
+        if self.entries != manifest.index.entries || self.file_bytes != manifest.payload.unpacked_size {
+            return Err(ManifestError::Inconsistent(format!(
+                "the index holds {} entries whose files hold {} bytes, the manifest says {} entries \
+                 and {} bytes",
+                self.entries, self.file_bytes, manifest.index.entries, manifest.payload.unpacked_size
+            )));
         }
         Ok(())
+    }
+
+    /// Entries checked so far.
+    pub fn entries(&self) -> u64 {
+        self.entries
     }
 }
 
@@ -456,19 +533,20 @@ mod tests {
         Entry::Dir { path: path.into(), mode: Mode(0o755) }
     }
 
-    fn file(path: &str, content: &[u8]) -> Entry {
-        Entry::File {
-            path: path.into(),
-            mode: Mode(0o644),
-            size: content.len() as u64,
-            digest: Digest::of(content),
-            stored: false,
-        }
+    fn file(path: &str, size: u64) -> Entry {
+        Entry::File { path: path.into(), mode: Mode(0o644), size, linked: false }
     }
 
-    fn manifest(entries: Vec<Entry>) -> Manifest {
-        let files: u64 =
-            entries.iter().map(|e| if let Entry::File { size, .. } = e { *size } else { 0 }).sum();
+    fn linked(path: &str) -> Entry {
+        Entry::File { path: path.into(), mode: Mode(0o644), size: 1, linked: true }
+    }
+
+    fn symlink(path: &str, target: &str) -> Entry {
+        Entry::Symlink { path: path.into(), target: target.into() }
+    }
+
+    fn manifest(entries: u64, files: u64) -> Manifest {
+        let chunk = |size| Chunk { codec: Codec::Stored, size, unpacked_size: size, digest: Digest::of(b"") };
         Manifest {
             format: MANIFEST_FORMAT,
             name: "t".into(),
@@ -481,70 +559,87 @@ mod tests {
             owner: Owner { uid: 0, gid: 0 },
             signer: None,
             stub: Blob { size: 0, digest: Digest::of(b"") },
-            payload: Payload {
-                size: files,
-                unpacked_size: files,
-                chunks: vec![Chunk {
-                    codec: Codec::Stored,
-                    size: files,
-                    unpacked_size: files,
-                    digest: Digest::of(b""),
-                }],
-            },
-            entries,
+            payload: Payload { size: files, unpacked_size: files, chunks: vec![chunk(files)] },
+            index: Index { entries, size: 10, unpacked_size: 10, blocks: vec![chunk(10)] },
         }
     }
 
+    fn check_all(entries: &[Entry]) -> Result<Validator, ManifestError> {
+        let mut v = Validator::new();
+        for e in entries {
+            v.check(e)?;
+        }
+        Ok(v)
+    }
+
     fn reason(entries: Vec<Entry>) -> String {
-        manifest(entries).validate().unwrap_err().to_string()
+        check_all(&entries).unwrap_err().to_string()
     }
 
     #[test]
-    fn accepts_a_normal_tree() {
-        let m = manifest(vec![
-            dir("bin"),
-            file("bin/kubeadm", b"elf"),
-            Entry::Hardlink { path: "bin/kubeadm2".into(), target: "bin/kubeadm".into() },
+    fn accepts_a_normal_tree_in_tree_order() {
+        let entries = vec![
+            dir("a"),
+            dir("a/b"),
+            linked("a/b/kubeadm"),
+            Entry::Hardlink { path: "a/b/kubeadm2".into(), target: "a/b/kubeadm".into() },
+            file("a/c", 2),
+            file("a-z", 3),
             dir("etc"),
-            Entry::Symlink { path: "etc/tool".into(), target: "../bin/kubeadm".into() },
-            Entry::Symlink { path: "up".into(), target: "bin".into() },
-        ]);
+            symlink("etc/tool", "../a/b/kubeadm"),
+            symlink("up", "etc"),
+        ];
+        let v = check_all(&entries).unwrap();
+        assert_eq!(v.finish(&manifest(9, 6)), Ok(()));
+        assert!(v.finish(&manifest(8, 6)).unwrap_err().to_string().starts_with("the index holds 9 entries"));
+        let m = manifest(9, 6);
         assert_eq!(m.validate(), Ok(()));
-        let json = m.to_bytes();
-        let back: Manifest = serde_json::from_slice(&json).unwrap();
+        let back: Manifest = serde_json::from_slice(&m.to_bytes()).unwrap();
         assert_eq!(back, m);
+        for e in &entries {
+            let line = serde_json::to_string(e).unwrap();
+            assert_eq!(&serde_json::from_str::<Entry>(&line).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn tree_order_keeps_each_subtree_together() {
+        let mut paths = vec!["a-b", "a/c", "a", "a/b/c", "b", "a.d"];
+        paths.sort_by(|a, b| tree_order(a, b));
+        assert_eq!(paths, ["a", "a/b/c", "a/c", "a-b", "a.d", "b"]);
     }
 
     #[test]
     fn rejects_paths_that_leave_the_target() {
-        assert_eq!(reason(vec![file("../x", b"")]), "unsafe entry '../x': the path has a '..' component");
+        assert_eq!(reason(vec![file("../x", 0)]), "unsafe entry '../x': the path has a '..' component");
+        assert_eq!(reason(vec![file("/etc/passwd", 0)]), "unsafe entry '/etc/passwd': the path is absolute");
         assert_eq!(
-            reason(vec![file("/etc/passwd", b"")]),
-            "unsafe entry '/etc/passwd': the path is absolute"
-        );
-        assert_eq!(
-            reason(vec![dir("a"), file("a/./b", b"")]),
+            reason(vec![dir("a"), file("a/./b", 0)]),
             "unsafe entry 'a/./b': the path has a '.' component"
         );
-        assert_eq!(reason(vec![file("a//b", b"")]), "unsafe entry 'a//b': the path has an empty component");
+        assert_eq!(reason(vec![file("a//b", 0)]), "unsafe entry 'a//b': the path has an empty component");
         assert_eq!(
-            reason(vec![file("a/b", b"")]),
+            reason(vec![file("a/b", 0)]),
             "unsafe entry 'a/b': its parent directory is not listed before it"
         );
         assert_eq!(
-            reason(vec![Entry::Symlink { path: "a".into(), target: "/etc".into() }, file("a/passwd", b"")]),
+            reason(vec![dir("a"), file("a/x", 0), dir("b"), file("a/y", 0)]),
+            "unsafe entry 'a/y': entries are not in tree order, or the path is listed twice"
+        );
+        assert_eq!(
+            reason(vec![symlink("a", "/etc"), file("a/passwd", 0)]),
             "unsafe entry 'a': the link target '/etc' is absolute"
         );
         assert_eq!(
-            reason(vec![Entry::Symlink { path: "a".into(), target: "b".into() }, file("a/passwd", b"")]),
+            reason(vec![symlink("a", "b"), file("a/passwd", 0)]),
             "unsafe entry 'a/passwd': its parent is not a directory"
         );
         assert_eq!(
-            reason(vec![dir("a"), Entry::Symlink { path: "a/l".into(), target: "../..".into() }]),
+            reason(vec![dir("a"), symlink("a/l", "../..")]),
             "unsafe entry 'a/l': the link target '../..' points outside the bundle"
         );
         assert_eq!(
-            reason(vec![Entry::Symlink { path: "l".into(), target: "x/../../y".into() }]),
+            reason(vec![symlink("l", "x/../../y")]),
             "unsafe entry 'l': the link target 'x/../../y' has '..' after a name"
         );
         assert_eq!(
@@ -552,39 +647,28 @@ mod tests {
             "unsafe entry 'h': a hard link must name a regular file listed before it"
         );
         assert_eq!(
-            reason(vec![file("b", b""), file("a", b"")]),
-            "unsafe entry 'a': entries are not sorted, or the path is listed twice"
+            reason(vec![file("a", 1), Entry::Hardlink { path: "h".into(), target: "a".into() }]),
+            "unsafe entry 'h': a hard link must name a regular file listed before it"
         );
         assert_eq!(
-            reason(vec![Entry::File {
-                path: "s".into(),
-                mode: Mode(0o4755),
-                size: 0,
-                digest: Digest::of(b""),
-                stored: false
-            }]),
+            reason(vec![file("b", 0), file("a", 0)]),
+            "unsafe entry 'a': entries are not in tree order, or the path is listed twice"
+        );
+        assert_eq!(
+            reason(vec![Entry::File { path: "s".into(), mode: Mode(0o4755), size: 0, linked: false }]),
             "unsafe entry 's': mode 4755 has bits other than permissions"
         );
     }
 
     #[test]
     fn sizes_must_add_up() {
-        let mut m = manifest(vec![file("a", b"abc")]);
+        let mut m = manifest(1, 3);
         m.payload.chunks[0].unpacked_size = 2;
         m.payload.chunks[0].size = 2;
-        m.payload.size = 2;
-        m.payload.unpacked_size = 2;
-        assert!(m.validate().unwrap_err().to_string().starts_with("payload sizes do not add up"));
-    }
-
-    #[test]
-    fn payload_order_puts_stored_files_last() {
-        let mut m = manifest(vec![file("a", b"1"), file("b", b"22"), file("c", b"333")]);
-        if let Entry::File { stored, .. } = &mut m.entries[0] {
-            *stored = true;
-        }
-        let order: Vec<_> = m.payload_files().collect();
-        assert_eq!(order, vec![("b", 2), ("c", 3), ("a", 1)]);
+        assert!(m.validate().unwrap_err().to_string().starts_with("payload chunk sizes do not add up"));
+        let mut m = manifest(1, 3);
+        m.index.blocks[0].unpacked_size = 11;
+        assert_eq!(m.validate().unwrap_err().to_string(), "stored index block 0 changes size");
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Opening a bundle: trailer, signature section and manifest, read from the end of the file
-//! without touching the payload; then authenticating the manifest against the trusted keys.
+//! without touching the payload or the index; then authenticating the manifest against the
+//! trusted keys.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::index::Entries;
 use crate::keys::{Fingerprint, PublicKey};
 use crate::manifest::Manifest;
 use crate::trailer::{MAGIC, TRAILER_LEN, Trailer, TrailerError};
@@ -139,6 +141,13 @@ impl Bundle {
         &self.manifest_bytes
     }
 
+    /// The entries of the index, each block checked against `manifest` before it is parsed
+    /// and each entry validated. `manifest` must be the one [`Bundle::authenticate`] returned
+    /// (or, to show what an unverified file claims, [`Bundle::manifest_unverified`]).
+    pub fn entries<'a>(&'a self, manifest: &'a Manifest) -> Entries<'a> {
+        Entries::new(self, manifest)
+    }
+
     /// The signature section, if the bundle is signed.
     pub fn signature(&self) -> Option<&SignatureSection> {
         self.signature.as_ref()
@@ -184,6 +193,9 @@ impl Bundle {
         }
         if manifest.payload.size != self.trailer.payload_len {
             return Err(Error::LayoutMismatch { region: "payload" });
+        }
+        if manifest.index.size != self.trailer.index_len {
+            return Err(Error::LayoutMismatch { region: "index" });
         }
         Ok(Verified { manifest, authenticity })
     }

@@ -1,6 +1,7 @@
 //! The one streaming pass over a bundle: the stub and every payload chunk are read once,
 //! checked against the manifest's digests, and (when extracting) unpacked in parallel and
-//! handed in order to a sink. Memory stays bounded: at most [`pipeline::in_flight`] chunks are held.
+//! handed in order to a sink, which reads the index alongside; when only verifying, the index
+//! is read after the payload. Memory stays bounded: at most [`pipeline::in_flight`] chunks are held.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::arch::{Arch, ELF_HEADER_PREFIX};
 use crate::error::{Error, Result, StubArchError};
+use crate::index::Entries;
 use crate::manifest::{Chunk, Codec, Digest, Manifest};
 use crate::pipeline;
 use crate::progress::Reporter;
@@ -83,7 +85,14 @@ pub(crate) fn run(
         },
     );
     reporter.end();
-    outcome
+    outcome?;
+    if !unpack {
+        // Reading the index checks every block's digest and every entry.
+        for entry in Entries::new(bundle, manifest) {
+            entry?;
+        }
+    }
+    Ok(())
 }
 
 /// Checks that the stub is an executable for the manifest's architecture (so a stub swapped
@@ -124,30 +133,38 @@ fn check_stub(bundle: &Bundle, manifest: &Manifest) -> Result<()> {
 /// A worker's job: checks a chunk's digest, then unpacks it when asked. Returns the packed
 /// size (for progress) and the unpacked bytes.
 fn check_chunk(index: usize, chunk: &Chunk, data: Vec<u8>, unpack: bool) -> Result<(u64, Vec<u8>)> {
-    let found = Digest::of(&data);
+    let what = format!("payload chunk {index}");
+    if !unpack {
+        check_digest(&what, chunk, &data)?;
+        return Ok((chunk.size, Vec::new()));
+    }
+    Ok((chunk.size, open_chunk(&what, chunk, data)?))
+}
+
+fn check_digest(what: &str, chunk: &Chunk, data: &[u8]) -> Result<()> {
+    let found = Digest::of(data);
     if found != chunk.digest {
         return Err(Error::Digest {
-            what: format!("payload chunk {index}"),
+            what: what.to_string(),
             expected: chunk.digest.to_string(),
             found: found.to_string(),
         });
     }
-    if !unpack {
-        return Ok((chunk.size, Vec::new()));
-    }
-    Ok((chunk.size, unpack_chunk(index, chunk, data)?))
+    Ok(())
 }
 
-fn unpack_chunk(index: usize, chunk: &Chunk, data: Vec<u8>) -> Result<Vec<u8>> {
+/// Checks a packed chunk or block against its digest, then unpacks it to exactly its recorded
+/// length: a chunk cannot unpack to more than the manifest says.
+pub(crate) fn open_chunk(what: &str, chunk: &Chunk, data: Vec<u8>) -> Result<Vec<u8>> {
+    check_digest(what, chunk, &data)?;
     let unpacked = match chunk.codec {
         Codec::Stored => data,
-        // The capacity bounds the output: a chunk cannot unpack to more than the manifest says.
         Codec::Zstd => zstd::bulk::decompress(&data, chunk.unpacked_size as usize)
-            .map_err(|source| Error::Unpack { index, source })?,
+            .map_err(|source| Error::Unpack { what: what.to_string(), source })?,
     };
     if unpacked.len() as u64 != chunk.unpacked_size {
         return Err(Error::Unpack {
-            index,
+            what: what.to_string(),
             source: std::io::Error::other(format!(
                 "it unpacks to {} bytes, the manifest says {}",
                 unpacked.len(),

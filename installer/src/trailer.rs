@@ -10,12 +10,14 @@
 //!      8     8  stub length (the stub starts at offset 0)
 //!     16     8  payload offset
 //!     24     8  payload length
-//!     32     8  manifest offset
-//!     40     8  manifest length
-//!     48     8  signature offset
-//!     56     8  signature length (0 when unsigned, SIGNATURE_LEN when signed)
-//!     64     8  total file length, trailer included
-//!     72    40  reserved, zero
+//!     32     8  index offset
+//!     40     8  index length
+//!     48     8  manifest offset
+//!     56     8  manifest length
+//!     64     8  signature offset
+//!     72     8  signature length (0 when unsigned, SIGNATURE_LEN when signed)
+//!     80     8  total file length, trailer included
+//!     88    24  reserved, zero
 //!    112    16  magic "kubeferry bundle"
 //! ```
 
@@ -33,7 +35,7 @@ pub const SIGNATURE_LEN: u64 = 32 + 64;
 /// without bound.
 pub const MAX_MANIFEST_LEN: u64 = 256 << 20;
 
-const RESERVED: std::ops::Range<usize> = 72..112;
+const RESERVED: std::ops::Range<usize> = 88..112;
 
 /// The decoded trailer: where each region of the bundle lies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +50,10 @@ pub struct Trailer {
     pub payload_offset: u64,
     /// Length of the compressed payload.
     pub payload_len: u64,
+    /// Where the index starts.
+    pub index_offset: u64,
+    /// Length of the index.
+    pub index_len: u64,
     /// Where the manifest starts.
     pub manifest_offset: u64,
     /// Length of the manifest.
@@ -79,9 +85,16 @@ pub enum TrailerError {
 
 impl Trailer {
     /// Lays out a bundle whose regions follow each other with no gaps.
-    pub fn layout(stub_len: u64, payload_len: u64, manifest_len: u64, signed: bool) -> Trailer {
+    pub fn layout(
+        stub_len: u64,
+        payload_len: u64,
+        index_len: u64,
+        manifest_len: u64,
+        signed: bool,
+    ) -> Trailer {
         let payload_offset = stub_len;
-        let manifest_offset = payload_offset + payload_len;
+        let index_offset = payload_offset + payload_len;
+        let manifest_offset = index_offset + index_len;
         let signature_offset = manifest_offset + manifest_len;
         let signature_len = if signed { SIGNATURE_LEN } else { 0 };
         Trailer {
@@ -90,6 +103,8 @@ impl Trailer {
             stub_len,
             payload_offset,
             payload_len,
+            index_offset,
+            index_len,
             manifest_offset,
             manifest_len,
             signature_offset,
@@ -112,6 +127,8 @@ impl Trailer {
             self.stub_len,
             self.payload_offset,
             self.payload_len,
+            self.index_offset,
+            self.index_len,
             self.manifest_offset,
             self.manifest_len,
             self.signature_offset,
@@ -148,11 +165,13 @@ impl Trailer {
             stub_len: u64_at(8),
             payload_offset: u64_at(16),
             payload_len: u64_at(24),
-            manifest_offset: u64_at(32),
-            manifest_len: u64_at(40),
-            signature_offset: u64_at(48),
-            signature_len: u64_at(56),
-            file_len: u64_at(64),
+            index_offset: u64_at(32),
+            index_len: u64_at(40),
+            manifest_offset: u64_at(48),
+            manifest_len: u64_at(56),
+            signature_offset: u64_at(64),
+            signature_len: u64_at(72),
+            file_len: u64_at(80),
         };
         let bad = |why: &str| Err(TrailerError::Inconsistent(why.to_string()));
         if t.flags & !FLAG_SIGNED != 0 {
@@ -171,10 +190,12 @@ impl Trailer {
         let end = t
             .stub_len
             .checked_add(t.payload_len)
+            .and_then(|n| n.checked_add(t.index_len))
             .and_then(|n| n.checked_add(t.manifest_len))
             .and_then(|n| n.checked_add(t.signature_len))
             .and_then(|n| n.checked_add(TRAILER_LEN as u64));
-        let laid_out = end.map(|_| Trailer::layout(t.stub_len, t.payload_len, t.manifest_len, t.is_signed()));
+        let laid_out = end
+            .map(|_| Trailer::layout(t.stub_len, t.payload_len, t.index_len, t.manifest_len, t.is_signed()));
         if laid_out != Some(t) {
             return bad("the regions are not contiguous");
         }
@@ -189,15 +210,15 @@ mod tests {
     #[test]
     fn round_trips() {
         for signed in [false, true] {
-            let t = Trailer::layout(1000, 5000, 300, signed);
+            let t = Trailer::layout(1000, 5000, 70, 300, signed);
             assert_eq!(Trailer::decode(&t.encode()), Ok(t));
-            assert_eq!(t.file_len, 1000 + 5000 + 300 + t.signature_len + 128);
+            assert_eq!(t.file_len, 1000 + 5000 + 70 + 300 + t.signature_len + 128);
         }
     }
 
     #[test]
     fn rejects_each_kind_of_damage() {
-        let good = Trailer::layout(10, 20, 30, true).encode();
+        let good = Trailer::layout(10, 20, 5, 30, true).encode();
         let mut b = good;
         b[127] ^= 1;
         assert_eq!(Trailer::decode(&b), Err(TrailerError::NoMagic));
@@ -214,7 +235,7 @@ mod tests {
             "the trailer is inconsistent: unknown flag bits are set"
         );
         let mut b = good;
-        b[80] = 1;
+        b[100] = 1;
         assert_eq!(
             Trailer::decode(&b).unwrap_err().to_string(),
             "the trailer is inconsistent: reserved bytes are not zero"

@@ -20,7 +20,7 @@ use kubeferry_installer::progress::Reporter;
 use kubeferry_installer::reader::{Authenticity, Bundle, Verified};
 use kubeferry_installer::registry::{Registry, RegistryConfig, RegistryError};
 use kubeferry_installer::trust::{TRUSTED_KEYS_DIR, Trust};
-use kubeferry_term::{Terminal, print_error, render_entries, render_summary};
+use kubeferry_term::{Terminal, print_error, render_summary, write_entries};
 
 /// A self-extracting kubeferry bundle: Kubernetes for a host with no network.
 #[derive(Debug, Parser)]
@@ -246,7 +246,7 @@ fn verify(file: &Path, shown: &str, trust: &TrustArgs, json: bool, term: &Termin
             "{:#}",
             serde_json::json!({"file": shown, "verified": true, "signer": signer, "name": m.name,
                 "version": m.version, "arch": m.arch, "size": bundle.trailer().file_len,
-                "unpacked_size": m.payload.unpacked_size, "entries": m.entries.len()})
+                "unpacked_size": m.payload.unpacked_size, "entries": m.index.entries})
         );
     } else {
         term.say(&format!("verified '{shown}': {} {} for {}, signed by {signer}", m.name, m.version, m.arch));
@@ -263,12 +263,7 @@ fn list(file: &Path, trust: &TrustArgs, json: bool, term: &Terminal) -> Result<(
     } else {
         open_verified(file, &trust, term)?.1.manifest
     };
-    if json {
-        println!("{:#}", serde_json::json!(manifest.entries));
-    } else {
-        print!("{}", render_entries(&manifest));
-    }
-    Ok(())
+    write_entries(&mut std::io::stdout().lock(), bundle.entries(&manifest), json)
 }
 
 fn extract_to(file: &Path, to: &Path, force: bool, trust: &TrustArgs, term: &Terminal) -> Result<(), Error> {
@@ -346,7 +341,9 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
         print!("{plan}");
         return Ok(());
     }
-    let requirements = install::requirements(&verified, &config, &plan, args.advertise_address.is_some());
+    let bundled = install::bundled_tools(&bundle, &verified)?;
+    let requirements =
+        install::requirements(&verified, &bundled, &config, &plan, args.advertise_address.is_some());
     let findings = preflight::without_ignored(
         preflight::check(&Facts::gather(&requirements), &requirements),
         args.ignore_preflight,

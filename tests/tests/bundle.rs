@@ -301,6 +301,12 @@ fn tamper_corpus_each_damage_has_its_own_error() {
     assert!(stderr.contains("payload chunk 0 is corrupt"), "{stderr}");
     assert!(!target.exists());
 
+    assert_rejected(
+        &b,
+        &flipped(&b, t.index_offset + 10),
+        &format!("index block 0 is corrupt: expected {}, found sha256:", manifest.index.blocks[0].digest),
+    );
+
     let bad_signature = format!(
         "the signature by key {fp} does not match: the manifest or trailer was changed after signing"
     );
@@ -315,7 +321,7 @@ fn tamper_corpus_each_damage_has_its_own_error() {
     );
     assert_rejected(
         &b,
-        &flipped(&b, trailer_at + 80),
+        &flipped(&b, trailer_at + 100),
         "the trailer is inconsistent: reserved bytes are not zero",
     );
 
@@ -536,7 +542,8 @@ fn malicious(dir: &Path, entries: Vec<PackEntry>) -> (PathBuf, PathBuf) {
     fs::write(&public, key.public_key().to_file_string()).unwrap();
     let spec = Spec::new("evil", "1", Arch::Amd64);
     let stub = fs::read(stub_bin()).unwrap();
-    let packed = pack(&stub, &entries, &spec, Some(&key), &dir.join("dist"), &Silent).unwrap();
+    let packed =
+        pack(&stub, entries.into_iter().map(Ok), 0, &spec, Some(&key), &dir.join("dist"), &Silent).unwrap();
     (packed.path, public)
 }
 
@@ -547,7 +554,7 @@ fn dir_entry(path: &str) -> PackEntry {
 fn file_entry(path: &str, content: &str) -> PackEntry {
     PackEntry {
         path: path.into(),
-        kind: PackKind::File { mode: 0o644, content: Content::Bytes(content.into()) },
+        kind: PackKind::File { mode: 0o644, linked: false, content: Content::Bytes(content.into()) },
     }
 }
 
@@ -599,7 +606,21 @@ fn malicious_payloads_never_write_outside_the_target() {
         (
             "duplicate",
             vec![file_entry("a", "1"), file_entry("a", "2")],
-            "unsafe entry 'a': entries are not sorted, or the path is listed twice",
+            "unsafe entry 'a': entries are not in tree order, or the path is listed twice",
+        ),
+        (
+            "hardlink-to-a-file-not-marked-linked",
+            vec![
+                file_entry("a", "1"),
+                PackEntry { path: "h".into(), kind: PackKind::Hardlink { target: "a".into() } },
+            ],
+            "unsafe entry 'h': a hard link must name a regular file listed before it",
+        ),
+        (
+            // Refused only after earlier entries were written into the staging directory.
+            "refused-after-writing",
+            vec![dir_entry("a"), file_entry("a/ok", "fine"), link_entry("b", "../outside")],
+            "unsafe entry 'b': the link target '../outside' points outside the bundle",
         ),
     ];
     for (name, entries, cause) in cases {

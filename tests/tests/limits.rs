@@ -41,13 +41,15 @@ fn bundle_with_noise(dir: &Path, size: usize) -> (PathBuf, PathBuf) {
             path: "bin/big.bin".into(),
             kind: PackKind::File {
                 mode: 0o644,
+                linked: false,
                 content: Content::Path { path: data.clone(), size: size as u64 },
             },
         },
     ];
     let spec = Spec { level: 1, ..Spec::new("noise", "1", Arch::Amd64) };
     let stub = fs::read(stub_bin()).unwrap();
-    let packed = pack(&stub, &entries, &spec, Some(&key), &dir.join("dist"), &Silent).unwrap();
+    let entries = entries.into_iter().map(Ok);
+    let packed = pack(&stub, entries, size as u64, &spec, Some(&key), &dir.join("dist"), &Silent).unwrap();
     fs::remove_file(data).unwrap();
     (packed.path, public)
 }

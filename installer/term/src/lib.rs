@@ -155,8 +155,6 @@ pub fn render_summary(
     manifest: &kubeferry_installer::manifest::Manifest,
     checked: bool,
 ) -> String {
-    use kubeferry_installer::manifest::Entry;
-    let count = |kind: &str| manifest.entries.iter().filter(|e| e.kind() == kind).count();
     let signer = match &manifest.signer {
         Some(s) => format!("{} (minisign key id {})", s.fingerprint, s.key_id),
         None => "nobody (unsigned)".into(),
@@ -172,8 +170,6 @@ pub fn render_summary(
         .iter()
         .filter(|c| c.codec == kubeferry_installer::manifest::Codec::Stored)
         .count();
-    let files_bytes: u64 =
-        manifest.entries.iter().map(|e| if let Entry::File { size, .. } = e { *size } else { 0 }).sum();
     let lines = [
         ("file", format!("{} ({})", file.display(), human_bytes(size))),
         ("name", manifest.name.clone()),
@@ -189,19 +185,17 @@ pub fn render_summary(
             format!(
                 "{} packed, {} unpacked ({ratio:.2}x), {} chunks ({stored} stored as is)",
                 human_bytes(manifest.payload.size),
-                human_bytes(files_bytes),
+                human_bytes(manifest.payload.unpacked_size),
                 manifest.payload.chunks.len()
             ),
         ),
         (
             "entries",
             format!(
-                "{} ({} dirs, {} files, {} symlinks, {} hard links)",
-                manifest.entries.len(),
-                count("dir"),
-                count("file"),
-                count("symlink"),
-                count("hardlink")
+                "{} in an index of {} ({} blocks)",
+                manifest.index.entries,
+                human_bytes(manifest.index.size),
+                manifest.index.blocks.len()
             ),
         ),
         (
@@ -216,18 +210,51 @@ pub fn render_summary(
     lines.iter().map(|(k, v)| format!("{:<11} {v}\n", format!("{k}:"))).collect()
 }
 
-/// The file list `kubeferry inspect` and the stub's `list` print.
-pub fn render_entries(manifest: &kubeferry_installer::manifest::Manifest) -> String {
+/// Writes the file list `kubeferry inspect` and the stub's `list` print, as the index is read:
+/// a table, or with `json` a JSON array of the entries. A reader that stops reading (`| head`)
+/// ends the listing quietly.
+pub fn write_entries(
+    out: &mut dyn std::io::Write,
+    entries: impl Iterator<Item = kubeferry_installer::Result<kubeferry_installer::manifest::Entry>>,
+    json: bool,
+) -> kubeferry_installer::Result<()> {
     use kubeferry_installer::manifest::Entry;
-    let mut out = format!("{:<8} {:>4} {:>10}  {}\n", "TYPE", "MODE", "SIZE", "PATH");
-    for entry in &manifest.entries {
-        let (mode, size, suffix) = match entry {
-            Entry::Dir { mode, .. } => (mode.to_string(), "-".to_string(), String::new()),
-            Entry::File { mode, size, .. } => (mode.to_string(), human_bytes(*size), String::new()),
-            Entry::Symlink { target, .. } => ("-".into(), "-".into(), format!(" -> {target}")),
-            Entry::Hardlink { target, .. } => ("-".into(), "-".into(), format!(" => {target}")),
+    let mut write = |text: &str| out.write_all(text.as_bytes());
+    let go = || -> Result<std::io::Result<()>, kubeferry_installer::Error> {
+        let mut first = true;
+        let header = if json {
+            "[".to_string()
+        } else {
+            format!("{:<8} {:>4} {:>10}  PATH\n", "TYPE", "MODE", "SIZE")
         };
-        out.push_str(&format!("{:<8} {mode:>4} {size:>10}  {}{suffix}\n", entry.kind(), entry.path()));
+        if let Err(e) = write(&header) {
+            return Ok(Err(e));
+        }
+        for entry in entries {
+            let entry = entry?;
+            let line = if json {
+                let sep = if first { "\n  " } else { ",\n  " };
+                format!("{sep}{}", serde_json::to_string(&entry).unwrap_or_default())
+            } else {
+                let (mode, size, suffix) = match &entry {
+                    Entry::Dir { mode, .. } => (mode.to_string(), "-".to_string(), String::new()),
+                    Entry::File { mode, size, .. } => (mode.to_string(), human_bytes(*size), String::new()),
+                    Entry::Symlink { target, .. } => ("-".into(), "-".into(), format!(" -> {target}")),
+                    Entry::Hardlink { target, .. } => ("-".into(), "-".into(), format!(" => {target}")),
+                };
+                format!("{:<8} {mode:>4} {size:>10}  {}{suffix}\n", entry.kind(), entry.path())
+            };
+            first = false;
+            if let Err(e) = write(&line) {
+                return Ok(Err(e));
+            }
+        }
+        Ok(if json { write(if first { "]\n" } else { "\n]\n" }) } else { Ok(()) })
+    };
+    match go()? {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(kubeferry_installer::Error::io("write", "standard output")(e))
+        }
+        _ => Ok(()),
     }
-    out
 }
