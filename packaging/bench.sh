@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks kubeferry against the plain pipeline it replaces, on a generated cluster rootfs.
 #
-#   packaging/bench.sh [--size-gib N] [--runs N] [--work DIR] [--seed N] [--cold]
+#   packaging/bench.sh [--size-gib N | --small-files N] [--runs N] [--work DIR] [--seed N] [--cold]
 #                      [--no-build] [--max-busy PCT] [--wait SECONDS]
 #
 # In the same run it measures:
@@ -27,6 +27,8 @@
 # CPUs, default 10); after the step, the CPU time that other processes used during it is
 # computed from /proc/stat (kernel threads, such as writeback, not counted) and a round that
 # was disturbed is run again.
+# --small-files N generates instead N files of 200 bytes (packaging/bench/gen-small-files.sh),
+# where a cost per entry shows; give it its own --work directory.
 #
 # Output: a table on stdout, and in the work directory results.txt, results.md (for
 # docs/benchmarks.md) and results.tsv (every measurement). Needs cargo, zstd, tar,
@@ -39,6 +41,7 @@ size_gib="${KUBEFERRY_BENCH_SIZE_GIB:-2}"
 work="${KUBEFERRY_BENCH_DIR:-/tmp/kubeferry-bench}"
 runs="${KUBEFERRY_BENCH_RUNS:-4}"
 seed=1
+small_files=0
 cold=0
 build=1
 max_busy=10
@@ -52,6 +55,7 @@ while [ $# -gt 0 ]; do
     --runs) runs="$2"; shift 2 ;;
     --work) work="$2"; shift 2 ;;
     --seed) seed="$2"; shift 2 ;;
+    --small-files) small_files="$2"; shift 2 ;;
     --cold) cold=1; shift ;;
     --no-build) build=0; shift ;;
     --max-busy) max_busy="$2"; shift 2 ;;
@@ -60,8 +64,8 @@ while [ $# -gt 0 ]; do
     *) echo "error: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
-case "$runs$seed$max_busy$wait_max" in
-  *[!0-9]*) echo "error: --runs, --seed, --max-busy and --wait take integers" >&2; exit 2 ;;
+case "$runs$seed$max_busy$wait_max$small_files" in
+  *[!0-9]*) echo "error: --runs, --seed, --small-files, --max-busy and --wait take integers" >&2; exit 2 ;;
 esac
 if ! size_bytes="$(awk -v g="$size_gib" 'BEGIN { if (g !~ /^[0-9]*\.?[0-9]+$/ || g <= 0) exit 1; printf "%.0f", g * 1073741824 }')"; then
   echo "error: --size-gib takes a positive number, not '$size_gib'" >&2
@@ -115,7 +119,11 @@ stub="$work/bin/kubeferry-stub-amd64"
 
 # --- inputs ----------------------------------------------------------------------------------
 
-"$repo/packaging/bench/gen-rootfs.sh" "$work" "$size_bytes" "$seed"
+if (( small_files )); then
+  "$repo/packaging/bench/gen-small-files.sh" "$work" "$small_files" "$seed"
+else
+  "$repo/packaging/bench/gen-rootfs.sh" "$work" "$size_bytes" "$seed"
+fi
 rootfs="$work/rootfs"
 sums="$work/rootfs.sha256"
 

@@ -24,7 +24,7 @@ use nix::sys::time::TimeSpec;
 
 use crate::error::{Error, Result, human_bytes};
 use crate::index::Entries;
-use crate::manifest::{Entry, Manifest, Owner};
+use crate::manifest::{Entry, Manifest, Owner, is_below};
 use crate::progress::Reporter;
 use crate::reader::{Bundle, Verified};
 use crate::stream::{self, Sink, StreamOptions};
@@ -280,8 +280,7 @@ impl<'a> TreeWriter<'a> {
     /// Finishes the directories the walk has left: every one not above `path`.
     fn leave_dirs(&mut self, path: &str) -> Result<()> {
         while let Some((dir, _)) = self.dirs.last() {
-            if path.len() > dir.len() && path.starts_with(dir.as_str()) && path.as_bytes()[dir.len()] == b'/'
-            {
+            if is_below(path, dir) {
                 break;
             }
             if let Some((dir, mode)) = self.dirs.pop() {

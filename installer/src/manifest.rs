@@ -369,6 +369,11 @@ pub fn tree_order(a: &str, b: &str) -> Ordering {
     a.bytes().map(key).cmp(b.bytes().map(key))
 }
 
+/// Whether `path` lies below the directory `dir` (both relative, `/`-separated).
+pub fn is_below(path: &str, dir: &str) -> bool {
+    path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
+}
+
 /// Checks the entries of an index one at a time, in the order they come, with memory that
 /// grows with the depth of the tree and the number of files marked `linked`, never with the
 /// number of entries: each entry is accepted only if its path is relative and normal, comes
@@ -402,8 +407,7 @@ impl Validator {
             return Err(unsafe_entry("entries are not in tree order, or the path is listed twice"));
         }
         while let Some(top) = self.dirs.last() {
-            if path.len() > top.len() && path.starts_with(top.as_str()) && path.as_bytes()[top.len()] == b'/'
-            {
+            if is_below(path, top) {
                 break;
             }
             self.dirs.pop();

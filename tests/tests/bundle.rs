@@ -223,6 +223,25 @@ fn inspect_reads_the_manifest_without_the_payload() {
     let chunks = json["manifest"]["payload"]["chunks"].as_array().unwrap();
     assert!(chunks.iter().any(|c| c["codec"] == "stored"), "the gzip'd tarball and layer are stored as is");
     assert!(chunks.iter().any(|c| c["codec"] == "zstd"));
+    let entries = json["entries"].as_array().unwrap();
+    assert_eq!(entries.len() as u64, json["manifest"]["index"]["entries"].as_u64().unwrap());
+    assert!(
+        entries
+            .contains(&serde_json::json!({"type": "symlink", "path": "scripts/env", "target": "../bin/env"}))
+    );
+
+    // A reader that stops reading (`| head`) ends the output quietly, with success.
+    let mut inspect = kubeferry();
+    inspect.args(["inspect", "--json"]).arg(&b.bundle);
+    let mut list = stub_on(&b.bundle);
+    list.arg("list");
+    for mut command in [inspect, list] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = command.stdout(writer).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !stderr.contains("panicked"), "{:?}: {stderr}", out.status);
+    }
 
     // Reading the manifest does not read the payload: wiping the payload leaves inspect working.
     let t = *Bundle::open(&b.bundle).unwrap().trailer();
