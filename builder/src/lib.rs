@@ -14,6 +14,7 @@
 
 pub mod collect;
 pub mod error;
+pub mod kubefile;
 pub mod pack;
 pub mod sign;
 pub mod stub;
