@@ -32,6 +32,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A file that should name images and cannot be read as such.
+    #[error("cannot read the images '{path}' names: {reason}")]
+    Images {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A file changed while it was read.
     #[error("'{path}' changed while it was being packed")]
     Changed {

@@ -14,6 +14,7 @@
 
 pub mod collect;
 pub mod error;
+pub mod images;
 pub mod kubefile;
 pub mod pack;
 pub mod sign;

@@ -60,6 +60,17 @@ enum Command {
         /// The bundle.
         file: PathBuf,
     },
+    /// List every container image a rootfs needs, and which file asks for it.
+    ///
+    /// Looks in manifests/ (YAML documents and imageList files), charts/*/values.yaml,
+    /// images/shim/ and the kubeadm configuration (the control plane images).
+    Images {
+        /// Print JSON: an object from each reference to the places that name it.
+        #[arg(long)]
+        json: bool,
+        /// The CloudRootfs directory.
+        rootfs: PathBuf,
+    },
     /// Check a bundle's signature and every byte of it, without running any of it; checks
     /// FILE.minisig too when it is there.
     Verify {
@@ -141,6 +152,9 @@ fn main() -> ExitCode {
         }
         Command::Inspect { json, file } => {
             (format!("could not inspect '{}'", file.display()), inspect(&file, json))
+        }
+        Command::Images { json, rootfs } => {
+            (format!("could not list the images of '{}'", rootfs.display()), images(&rootfs, json))
         }
         Command::Verify { key, key_fingerprint, json, file } => {
             let result = verify(&key, &key_fingerprint, &file, json, &term);
@@ -291,6 +305,17 @@ fn quiet_on_broken_pipe(e: std::io::Error) -> Result<(), Error> {
     } else {
         Err(Error::io("write", "standard output")(e))
     }
+}
+
+fn images(rootfs: &Path, json: bool) -> Result<(), Error> {
+    let found = kubeferry_builder::images::discover(rootfs)?;
+    let text = if json {
+        format!("{:#}\n", serde_json::json!(found))
+    } else {
+        let width = found.keys().map(String::len).max().unwrap_or(0);
+        found.iter().map(|(reference, whys)| format!("{reference:<width$}  {}\n", whys.join("; "))).collect()
+    };
+    std::io::stdout().lock().write_all(text.as_bytes()).or_else(quiet_on_broken_pipe)
 }
 
 fn verify(

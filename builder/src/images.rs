@@ -1,0 +1,372 @@
+//! Finding every container image a cluster rootfs needs, and why, so that a build on a host
+//! with network can collect them all into the bundle's registry.
+//!
+//! Places looked at, as sealer and sealos look at them:
+//! - `manifests/`: every YAML or JSON document (Lists and custom resources included): any
+//!   field named `image` that holds a string (containers, initContainers, ephemeralContainers
+//!   of any workload, and whatever a CRD calls `image`), or a map of `registry`, `repository`,
+//!   `tag` and `digest` as Helm values write it; and every file named `imageList`;
+//! - `charts/`: every chart's `values.yaml`, read the same way;
+//! - `images/shim/`: sealos's lists of images that nothing else names;
+//! - the kubeadm configuration in `etc/` (ClusterConfiguration `imageRepository` and
+//!   `kubernetesVersion`): the control plane images kubeadm will ask for.
+//!
+//! An image list has one reference per line; blank lines and `#` comments are allowed.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use crate::error::{Error, Result};
+
+/// Files in `etc/` that hold the kubeadm configuration.
+const KUBEADM_FILES: [&str; 4] =
+    ["etc/kubeadm.yml", "etc/kubeadm.yaml", "etc/kubeadm-config.yaml", "etc/kubeadm-config.yml"];
+
+/// The images a rootfs needs: each reference as written, with every place that asked for it.
+pub type Found = BTreeMap<String, Vec<String>>;
+
+/// Finds every image reference in the rootfs at `root`.
+pub fn discover(root: &Path) -> Result<Found> {
+    let mut found = Found::new();
+    for file in files_below(&root.join("manifests"))? {
+        let shown = shown(root, &file);
+        if file.file_name().is_some_and(|n| n == "imageList") {
+            list_file(&file, &shown, &mut found)?;
+        } else if has_extension(&file, &["yaml", "yml", "json"]) {
+            yaml_file(&file, &shown, &mut found)?;
+        }
+    }
+    for file in files_below(&root.join("charts"))? {
+        if file.file_name().is_some_and(|n| n == "values.yaml" || n == "values.yml") {
+            yaml_file(&file, &shown(root, &file), &mut found)?;
+        }
+    }
+    for file in files_below(&root.join("images/shim"))? {
+        list_file(&file, &shown(root, &file), &mut found)?;
+    }
+    if let Some(file) = KUBEADM_FILES.iter().map(|f| root.join(f)).find(|f| f.is_file()) {
+        kubeadm_images(&file, &shown(root, &file), &mut found)?;
+    }
+    Ok(found)
+}
+
+fn shown(root: &Path, file: &Path) -> String {
+    file.strip_prefix(root).unwrap_or(file).display().to_string()
+}
+
+fn has_extension(file: &Path, extensions: &[&str]) -> bool {
+    file.extension().and_then(|e| e.to_str()).is_some_and(|e| extensions.contains(&e))
+}
+
+/// Regular files below `dir`, sorted; none when it does not exist.
+fn files_below(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("read", &dir)(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(Error::io("read", &dir))?.path();
+            let meta = fs::metadata(&path).map_err(Error::io("read", &path))?;
+            if meta.is_dir() {
+                pending.push(path);
+            } else if meta.is_file() {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn add(found: &mut Found, reference: &str, why: String) {
+    let whys = found.entry(reference.to_string()).or_default();
+    if !whys.contains(&why) {
+        whys.push(why);
+    }
+}
+
+/// One reference per line; blank lines and `#` comments skipped.
+fn list_file(file: &Path, shown: &str, found: &mut Found) -> Result<()> {
+    let text = fs::read_to_string(file).map_err(Error::io("read", file))?;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line.contains(char::is_whitespace) {
+            return Err(Error::Images {
+                path: file.to_path_buf(),
+                reason: format!("line {} holds more than one word: '{line}'", i + 1),
+            });
+        }
+        add(found, line, format!("{shown}:{}", i + 1));
+    }
+    Ok(())
+}
+
+fn yaml_file(file: &Path, shown: &str, found: &mut Found) -> Result<()> {
+    let bytes = fs::read(file).map_err(Error::io("read", file))?;
+    for (n, document) in serde_yaml_ng::Deserializer::from_slice(&bytes).enumerate() {
+        let value = Value::deserialize(document).map_err(|e| Error::Images {
+            path: file.to_path_buf(),
+            reason: format!("document {} is not valid YAML: {e}", n + 1),
+        })?;
+        let name = describe(&value);
+        let mut path = Vec::new();
+        walk(&value, &mut path, &mut |reference, at| {
+            let place = if name.is_empty() { at } else { format!("{name} {at}") };
+            add(found, reference, format!("{shown}: {place}"));
+        });
+    }
+    Ok(())
+}
+
+/// `Kind/name` of a Kubernetes object, or nothing.
+fn describe(value: &Value) -> String {
+    let kind = value.get("kind").and_then(Value::as_str);
+    let name = value.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str);
+    match (kind, name) {
+        (Some(kind), Some(name)) => format!("{kind}/{name}"),
+        (Some(kind), None) => kind.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Calls `report` for every image reference below `value`, with the field path to it.
+fn walk(value: &Value, path: &mut Vec<String>, report: &mut dyn FnMut(&str, String)) {
+    match value {
+        Value::Mapping(map) => {
+            for (key, child) in map {
+                let Some(key) = key.as_str() else { continue };
+                path.push(key.to_string());
+                match (key, child) {
+                    ("image", Value::String(reference)) if looks_like_reference(reference) => {
+                        report(reference, path.join("."));
+                    }
+                    ("image", Value::Mapping(_)) => match helm_image(child) {
+                        Some(reference) => report(&reference, path.join(".")),
+                        None => walk(child, path, report),
+                    },
+                    _ => walk(child, path, report),
+                }
+                path.pop();
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let label = item.get("name").and_then(Value::as_str).map_or(i.to_string(), str::to_string);
+                path.push(format!("[{label}]"));
+                walk(item, path, report);
+                path.pop();
+            }
+        }
+        Value::Tagged(tagged) => walk(&tagged.value, path, report),
+        _ => {}
+    }
+}
+
+/// A Helm-values image map: `repository` with `tag` or `digest`, and maybe `registry`.
+fn helm_image(value: &Value) -> Option<String> {
+    let field = |k: &str| value.get(k).and_then(scalar).filter(|s| !s.is_empty());
+    let repository = field("repository")?;
+    let name = match field("registry") {
+        Some(registry) => format!("{registry}/{repository}"),
+        None => repository,
+    };
+    match (field("digest"), field("tag")) {
+        (Some(digest), _) => Some(format!("{name}@{digest}")),
+        (None, Some(tag)) => Some(format!("{name}:{tag}")),
+        (None, None) => Some(name),
+    }
+}
+
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Leaves out template placeholders and values that cannot name an image.
+fn looks_like_reference(text: &str) -> bool {
+    !text.is_empty() && !text.contains(char::is_whitespace) && !text.contains("{{")
+}
+
+/// kubeadm's control plane images for a ClusterConfiguration.
+fn kubeadm_images(file: &Path, shown: &str, found: &mut Found) -> Result<()> {
+    let bytes = fs::read(file).map_err(Error::io("read", file))?;
+    for document in serde_yaml_ng::Deserializer::from_slice(&bytes) {
+        let Ok(value) = Value::deserialize(document) else { continue };
+        if value.get("kind").and_then(Value::as_str) != Some("ClusterConfiguration") {
+            continue;
+        }
+        let Some(version) = value.get("kubernetesVersion").and_then(Value::as_str) else { continue };
+        let repository = value.get("imageRepository").and_then(Value::as_str).unwrap_or("registry.k8s.io");
+        let Some(images) = control_plane_images(repository, version) else {
+            return Err(Error::Images {
+                path: file.to_path_buf(),
+                reason: format!(
+                    "kubernetesVersion '{version}' is not one whose images kubeferry knows (v1.20 to v1.30); \
+                     list them in manifests/imageList"
+                ),
+            });
+        };
+        for (image, reference) in images {
+            add(found, &reference, format!("{shown}: ClusterConfiguration {version} ({image})"));
+        }
+    }
+    Ok(())
+}
+
+/// The images `kubeadm config images list` prints for a version and repository: the four
+/// control plane components, pause, etcd and CoreDNS, with the versions kubeadm pins.
+pub fn control_plane_images(repository: &str, version: &str) -> Option<Vec<(&'static str, String)>> {
+    let minor: u32 = version.strip_prefix('v')?.split('.').nth(1)?.parse().ok()?;
+    let (pause, etcd, coredns) = match minor {
+        20 => ("3.2", "3.4.13-0", "1.7.0"),
+        21 => ("3.4.1", "3.4.13-0", "v1.8.0"),
+        22 => ("3.5", "3.5.0-0", "v1.8.4"),
+        23 => ("3.6", "3.5.1-0", "v1.8.6"),
+        24 => ("3.7", "3.5.3-0", "v1.8.6"),
+        25 => ("3.8", "3.5.4-0", "v1.9.3"),
+        26 => ("3.9", "3.5.6-0", "v1.9.3"),
+        27 => ("3.9", "3.5.7-0", "v1.10.1"),
+        28 => ("3.9", "3.5.9-0", "v1.10.1"),
+        29 => ("3.9", "3.5.10-0", "v1.11.1"),
+        30 => ("3.9", "3.5.12-0", "v1.11.1"),
+        _ => return None,
+    };
+    // The default repositories keep CoreDNS in a sub-repository; others hold it at the top.
+    let coredns_name = if minor >= 21 && (repository == "registry.k8s.io" || repository == "k8s.gcr.io") {
+        "coredns/coredns"
+    } else {
+        "coredns"
+    };
+    let mut images: Vec<(&'static str, String)> =
+        ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy"]
+            .into_iter()
+            .map(|c| (c, format!("{repository}/{c}:{version}")))
+            .collect();
+    images.push(("pause", format!("{repository}/pause:{pause}")));
+    images.push(("etcd", format!("{repository}/etcd:{etcd}")));
+    images.push(("coredns", format!("{repository}/{coredns_name}:{coredns}")));
+    Some(images)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, path: &str, text: &str) {
+        let full = root.join(path);
+        fs::create_dir_all(full.parent().unwrap()).unwrap();
+        fs::write(full, text).unwrap();
+    }
+
+    #[test]
+    fn finds_every_place_an_image_can_hide() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        write(
+            r,
+            "manifests/app.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  template:\n    spec:\n\
+             \x20     initContainers: [{name: init, image: busybox:1.36}]\n\
+             \x20     containers:\n      - name: nginx\n        image: nginx@sha256:0123\n\
+             \x20     ephemeralContainers: [{name: dbg, image: 'docker.io/library/alpine:3'}]\n\
+             ---\napiVersion: v1\nkind: List\nitems:\n- kind: Pod\n  metadata: {name: p}\n  spec:\n\
+             \x20   containers: [{name: c, image: 'quay.io/x/y:1'}]\n\
+             ---\napiVersion: operator.tigera.io/v1\nkind: Installation\nmetadata: {name: default}\n\
+             spec: {registry: sea.hub:5000, calicoNetwork: {image: 'calico/node:v3.26.1'}}\n",
+        );
+        write(
+            r,
+            "manifests/imageList",
+            "# control plane extras\n\nregistry.k8s.io/pause:3.6  # sandbox\nbusybox:1.36\n",
+        );
+        write(r, "manifests/notes.txt", "image: not-read:1\n");
+        write(
+            r,
+            "charts/ingress/values.yaml",
+            "controller:\n  image:\n    registry: registry.k8s.io\n    repository: ingress-nginx/controller\n    tag: v1.8.1\n\
+             defaultBackend:\n  image:\n    repository: defaultbackend\n    digest: sha256:abcd\n\
+             templated: {image: '{{ .Values.x }}'}\n",
+        );
+        write(r, "charts/ingress/templates/d.yaml", "image: {{ .Values.image }}\n");
+        write(r, "images/shim/extra", "ghcr.io/a/b:2\n");
+        write(
+            r,
+            "etc/kubeadm.yml",
+            "kind: InitConfiguration\n---\nkind: ClusterConfiguration\nkubernetesVersion: v1.20.2\nimageRepository: sea.hub:5000/library\n",
+        );
+        let found = discover(r).unwrap();
+        let refs: Vec<&str> = found.keys().map(String::as_str).collect();
+        assert_eq!(
+            refs,
+            [
+                "busybox:1.36",
+                "calico/node:v3.26.1",
+                "defaultbackend@sha256:abcd",
+                "docker.io/library/alpine:3",
+                "ghcr.io/a/b:2",
+                "nginx@sha256:0123",
+                "quay.io/x/y:1",
+                "registry.k8s.io/ingress-nginx/controller:v1.8.1",
+                "registry.k8s.io/pause:3.6",
+                "sea.hub:5000/library/coredns:1.7.0",
+                "sea.hub:5000/library/etcd:3.4.13-0",
+                "sea.hub:5000/library/kube-apiserver:v1.20.2",
+                "sea.hub:5000/library/kube-controller-manager:v1.20.2",
+                "sea.hub:5000/library/kube-proxy:v1.20.2",
+                "sea.hub:5000/library/kube-scheduler:v1.20.2",
+                "sea.hub:5000/library/pause:3.2",
+            ]
+        );
+        assert_eq!(
+            found["busybox:1.36"],
+            [
+                "manifests/app.yaml: Deployment/web spec.template.spec.initContainers.[init].image",
+                "manifests/imageList:4"
+            ]
+        );
+        assert_eq!(found["quay.io/x/y:1"], ["manifests/app.yaml: List items.[0].spec.containers.[c].image"]);
+        assert_eq!(
+            found["calico/node:v3.26.1"],
+            ["manifests/app.yaml: Installation/default spec.calicoNetwork.image"]
+        );
+        assert_eq!(
+            found["sea.hub:5000/library/etcd:3.4.13-0"],
+            ["etc/kubeadm.yml: ClusterConfiguration v1.20.2 (etcd)"]
+        );
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "manifests/bad.yaml", "a: [\n");
+        let err = discover(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("manifests/bad.yaml") && err.contains("document 1 is not valid YAML"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "manifests/imageList", "a:1\nb:1 c:2\n");
+        let err = discover(dir.path()).unwrap_err().to_string();
+        assert!(err.ends_with("line 2 holds more than one word: 'b:1 c:2'"), "{err}");
+    }
+
+    #[test]
+    fn kubeadm_1_21_and_later_keep_coredns_in_a_sub_repository_of_the_default() {
+        let images = control_plane_images("registry.k8s.io", "v1.28.4").unwrap();
+        assert!(images.contains(&("coredns", "registry.k8s.io/coredns/coredns:v1.10.1".to_string())));
+        assert!(images.contains(&("etcd", "registry.k8s.io/etcd:3.5.9-0".to_string())));
+        assert_eq!(control_plane_images("registry.k8s.io", "v1.31.0"), None);
+    }
+}
