@@ -14,7 +14,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use kubeferry_installer::arch::Arch;
-use kubeferry_installer::manifest::check_symlink;
+use kubeferry_installer::manifest::{check_symlink, is_below};
 
 use crate::error::{Error, Result};
 use crate::pack::{Content, PackEntry, PackKind};
@@ -24,12 +24,31 @@ use crate::pack::{Content, PackEntry, PackKind};
 pub const ARCH_FOLDERS: [&str; 8] =
     ["amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64", "loong64"];
 
-/// The entries of the bundle for one architecture, read from the rootfs as they are asked
+/// One source of the tree: a directory whose contents appear at `at` (`""` for the root), or a
+/// file that appears as `at`. Later layers win over earlier ones, except that directories
+/// merge, as the layers of an image do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// The directory or file on disk.
+    pub source: PathBuf,
+    /// Where it appears in the rootfs, `/`-separated, `""` for the root.
+    pub at: String,
+}
+
+impl Layer {
+    /// A whole directory at the root.
+    pub fn root(source: &Path) -> Layer {
+        Layer { source: source.to_path_buf(), at: String::new() }
+    }
+}
+
+/// The entries of the bundle for one architecture, read from the layers as they are asked
 /// for. The first error ends the walk.
 #[derive(Debug)]
 pub struct Walk {
-    common: PathBuf,
-    overlay: Option<PathBuf>,
+    layers: Vec<Layer>,
+    /// Layers whose top-level architecture folders are left out (the overlays are not).
+    skip_arch: Vec<bool>,
     stack: Vec<Frame>,
     first_names: HashMap<(u64, u64), String>,
 }
@@ -38,134 +57,159 @@ pub struct Walk {
 #[derive(Debug)]
 struct Frame {
     prefix: String,
-    children: Vec<(String, Side)>,
+    children: Vec<(String, Child)>,
     next: usize,
 }
 
-/// Where a child comes from: the overlay wins over the common tree, except that two
-/// directories are merged.
+/// What a name in a directory is after the layers are merged.
 #[derive(Debug)]
-enum Side {
-    Common(fs::Metadata),
-    Overlay(fs::Metadata),
-    Both,
+enum Child {
+    /// A directory, with the layers that have it (or that are placed below it).
+    Dir(Vec<usize>),
+    /// Anything else, from the last layer that has it.
+    Leaf { full: PathBuf, meta: fs::Metadata },
 }
 
 /// Starts a walk of the rootfs at `root` for `arch`.
 pub fn walk(root: &Path, arch: Arch) -> Result<Walk> {
-    let meta = fs::metadata(root).map_err(Error::io("read", root))?;
-    if !meta.is_dir() {
+    walk_layers(vec![Layer::root(root)], arch)
+}
+
+/// Starts a walk of `layers` merged, for `arch`. Top-level architecture folders of a layer
+/// placed at the root are left out, and the one for `arch` is laid over everything, as
+/// sealer's `COPY amd64 .` does.
+pub fn walk_layers(mut layers: Vec<Layer>, arch: Arch) -> Result<Walk> {
+    for layer in &layers {
+        fs::symlink_metadata(&layer.source).map_err(Error::io("read", &layer.source))?;
+    }
+    if let [only] = layers.as_slice()
+        && !only.source.is_dir()
+    {
         return Err(Error::Unpackable {
-            path: root.to_path_buf(),
+            path: only.source.clone(),
             reason: "the rootfs must be a directory".into(),
         });
     }
-    let overlay = root.join(arch.name());
-    let mut walk = Walk {
-        common: root.to_path_buf(),
-        overlay: overlay.is_dir().then_some(overlay),
-        stack: Vec::new(),
-        first_names: HashMap::new(),
-    };
-    let frame = walk.list("", true, true)?;
+    let mut skip_arch = vec![true; layers.len()];
+    let overlays: Vec<Layer> = layers
+        .iter()
+        .filter(|l| l.at.is_empty() && l.source.join(arch.name()).is_dir())
+        .map(|l| Layer::root(&l.source.join(arch.name())))
+        .collect();
+    skip_arch.extend(overlays.iter().map(|_| false));
+    layers.extend(overlays);
+    let mut walk = Walk { skip_arch, stack: Vec::new(), first_names: HashMap::new(), layers };
+    let all: Vec<usize> = (0..walk.layers.len()).collect();
+    let frame = walk.list("", &all)?;
     walk.stack.push(frame);
     Ok(walk)
 }
 
 /// Walks the whole tree once without reading any content: the number of entries and of
-/// content bytes, and every error the build would meet, before anything is written.
-pub fn measure(root: &Path, arch: Arch) -> Result<(u64, u64)> {
-    let (mut entries, mut bytes) = (0, 0);
-    for entry in walk(root, arch)? {
-        if let PackKind::File { content, .. } = entry?.kind {
+/// content bytes, what the tree says about itself, and every error the build would meet,
+/// before anything is written.
+pub fn measure(walk: Walk) -> Result<(u64, u64, Facts)> {
+    let (mut entries, mut bytes, mut facts) = (0, 0, Facts::default());
+    for entry in walk {
+        let entry = entry?;
+        if let PackKind::File { content, .. } = &entry.kind {
             bytes += content.size();
+            facts.learn(&entry.path, content);
         }
         entries += 1;
     }
-    Ok((entries, bytes))
+    Ok((entries, bytes, facts))
 }
 
 impl Walk {
-    fn source(&self, overlay: bool, path: &str) -> PathBuf {
-        let base = if overlay { self.overlay.as_deref().unwrap_or(&self.common) } else { &self.common };
-        if path.is_empty() { base.to_path_buf() } else { base.join(path) }
-    }
-
-    /// Lists the directory `prefix` on the sides that have it, merged and sorted by name.
-    fn list(&self, prefix: &str, common: bool, overlay: bool) -> Result<Frame> {
-        let mut children: std::collections::BTreeMap<String, Side> = std::collections::BTreeMap::new();
-        for is_overlay in [false, true] {
-            if !(if is_overlay { overlay && self.overlay.is_some() } else { common }) {
-                continue;
-            }
-            let dir = self.source(is_overlay, prefix);
-            for entry in fs::read_dir(&dir).map_err(Error::io("read", &dir))? {
-                let entry = entry.map_err(Error::io("read", &dir))?;
-                let full = entry.path();
-                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                    return Err(Error::Unpackable {
-                        path: full,
-                        reason: "its name is not valid UTF-8".into(),
-                    });
-                };
-                let meta = fs::symlink_metadata(&full).map_err(Error::io("read", &full))?;
-                if !is_overlay && prefix.is_empty() && meta.is_dir() && ARCH_FOLDERS.contains(&name.as_str())
-                {
-                    continue;
+    /// Lists the directory `prefix` as the layers in `from` have it, merged and sorted by name.
+    fn list(&self, prefix: &str, from: &[usize]) -> Result<Frame> {
+        let mut children: std::collections::BTreeMap<String, Child> = std::collections::BTreeMap::new();
+        let mut merge = |name: String, child: Child| {
+            let merged = match (children.remove(&name), child) {
+                (Some(Child::Dir(mut mine)), Child::Dir(theirs)) => {
+                    mine.extend(theirs);
+                    Child::Dir(mine)
                 }
-                let side = match children.remove(&name) {
-                    None if is_overlay => Side::Overlay(meta),
-                    None => Side::Common(meta),
-                    Some(Side::Common(common)) => {
-                        if common.is_dir() != meta.is_dir() {
-                            let path =
-                                if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
-                            return Err(Error::Unpackable {
-                                path: full,
-                                reason: format!(
-                                    "it is a directory on one side and not on the other of the common path '{path}'"
-                                ),
-                            });
-                        }
-                        if meta.is_dir() { Side::Both } else { Side::Overlay(meta) }
+                (_, child) => child,
+            };
+            children.insert(name, merged);
+        };
+        for &index in from {
+            let layer = &self.layers[index];
+            let covers = layer.at.is_empty() || layer.at == prefix || is_below(prefix, &layer.at);
+            let deeper = if prefix.is_empty() { !layer.at.is_empty() } else { is_below(&layer.at, prefix) };
+            if covers {
+                let relative = prefix.strip_prefix(layer.at.as_str()).unwrap_or("").trim_start_matches('/');
+                let dir =
+                    if relative.is_empty() { layer.source.clone() } else { layer.source.join(relative) };
+                for entry in fs::read_dir(&dir).map_err(Error::io("read", &dir))? {
+                    let entry = entry.map_err(Error::io("read", &dir))?;
+                    let full = entry.path();
+                    let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                        return Err(Error::Unpackable {
+                            path: full,
+                            reason: "its name is not valid UTF-8".into(),
+                        });
+                    };
+                    let meta = fs::symlink_metadata(&full).map_err(Error::io("read", &full))?;
+                    if self.skip_arch[index]
+                        && prefix.is_empty()
+                        && meta.is_dir()
+                        && ARCH_FOLDERS.contains(&name.as_str())
+                    {
+                        continue;
                     }
-                    Some(other) => other,
-                };
-                children.insert(name, side);
+                    merge(
+                        name,
+                        if meta.is_dir() { Child::Dir(vec![index]) } else { Child::Leaf { full, meta } },
+                    );
+                }
+            } else if deeper {
+                // A layer placed further down: the next component of its place is a directory,
+                // or the layer itself.
+                let below = if prefix.is_empty() { layer.at.as_str() } else { &layer.at[prefix.len() + 1..] };
+                match below.split_once('/') {
+                    Some((name, _)) => merge(name.to_string(), Child::Dir(vec![index])),
+                    None => {
+                        let meta =
+                            fs::symlink_metadata(&layer.source).map_err(Error::io("read", &layer.source))?;
+                        let child = if meta.is_dir() {
+                            Child::Dir(vec![index])
+                        } else {
+                            Child::Leaf { full: layer.source.clone(), meta }
+                        };
+                        merge(below.to_string(), child);
+                    }
+                }
             }
         }
         Ok(Frame { prefix: prefix.to_string(), children: children.into_iter().collect(), next: 0 })
     }
 
     fn next_entry(&mut self) -> Result<Option<PackEntry>> {
-        let (path, side) = loop {
+        let (path, child) = loop {
             let Some(frame) = self.stack.last_mut() else { return Ok(None) };
             if frame.next == frame.children.len() {
                 self.stack.pop();
                 continue;
             }
-            let (name, side) =
-                std::mem::replace(&mut frame.children[frame.next], (String::new(), Side::Both));
+            let (name, child) =
+                std::mem::replace(&mut frame.children[frame.next], (String::new(), Child::Dir(Vec::new())));
             frame.next += 1;
             let path = if frame.prefix.is_empty() { name } else { format!("{}/{name}", frame.prefix) };
-            break (path, side);
+            break (path, child);
         };
-        let (meta, in_overlay) = match side {
-            Side::Both => {
-                let frame = self.list(&path, true, true)?;
+        let (full, meta) = match child {
+            Child::Dir(from) => {
+                let frame = self.list(&path, &from)?;
                 self.stack.push(frame);
                 return Ok(Some(PackEntry { path, kind: PackKind::Dir { mode: 0o755 } }));
             }
-            Side::Common(meta) => (meta, false),
-            Side::Overlay(meta) => (meta, true),
+            Child::Leaf { full, meta } => (full, meta),
         };
-        let full = self.source(in_overlay, &path);
         let file_type = meta.file_type();
-        let kind = if file_type.is_dir() {
-            let frame = self.list(&path, !in_overlay, in_overlay)?;
-            self.stack.push(frame);
-            PackKind::Dir { mode: 0o755 }
-        } else if file_type.is_file() {
+        let kind = if file_type.is_file() {
             let mode = if meta.permissions().mode() & 0o100 != 0 { 0o755 } else { 0o644 };
             let linked = meta.nlink() > 1;
             if linked && let Some(first) = self.first_names.get(&(meta.dev(), meta.ino())) {
@@ -225,28 +269,21 @@ pub struct Facts {
     pub cri: Option<String>,
 }
 
-/// Reads [`Facts`] from the few files that tell them, the architecture's overlay first.
-/// Files that cannot be read or parsed simply leave the fact unknown.
-pub fn facts(root: &Path, arch: Arch) -> Facts {
-    let find = |path: &str| {
-        [root.join(arch.name()).join(path), root.join(path)]
-            .into_iter()
-            .find(|p| p.symlink_metadata().is_ok())
-    };
-    let cri = if find("cri/containerd.tar.gz").or_else(|| find("cri/containerd")).is_some() {
-        Some("containerd".to_string())
-    } else if find("cri/docker.tar.gz").or_else(|| find("cri/dockerd")).is_some() {
-        Some("docker".to_string())
-    } else {
-        None
-    };
-    let kubernetes_version =
-        ["etc/kubeadm.yml", "etc/kubeadm.yaml", "etc/kubeadm-config.yaml", "etc/kubeadm-config.yml"]
-            .iter()
-            .filter_map(|p| find(p))
-            .filter(|p| p.metadata().is_ok_and(|m| m.is_file() && m.len() <= 1 << 20))
-            .find_map(|p| fs::read(p).ok().as_deref().and_then(kubernetes_version));
-    Facts { kubernetes_version, cri }
+impl Facts {
+    /// Learns what a file of the tree tells: the runtime from cri/, the Kubernetes version from
+    /// the kubeadm configuration. Files that cannot be read or parsed leave the fact unknown.
+    fn learn(&mut self, path: &str, content: &Content) {
+        match path {
+            "cri/containerd.tar.gz" | "cri/containerd" => self.cri = Some("containerd".into()),
+            "cri/docker.tar.gz" | "cri/dockerd" => self.cri = self.cri.take().or(Some("docker".into())),
+            "etc/kubeadm.yml" | "etc/kubeadm.yaml" | "etc/kubeadm-config.yaml" | "etc/kubeadm-config.yml" => {
+                if let Some(version) = content.read_small().as_deref().and_then(kubernetes_version) {
+                    self.kubernetes_version = Some(version);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn kubernetes_version(yaml: &[u8]) -> Option<String> {
@@ -289,11 +326,41 @@ mod tests {
         fs::write(r.join("amd64/a/b.txt"), "2").unwrap();
         let paths: Vec<String> = collect(r, Arch::Amd64).into_iter().map(|e| e.path).collect();
         assert_eq!(paths, ["a", "a/b", "a/b/f", "a/b.txt", "a/c", "a-b", "z"]);
+        // A later layer wins: the overlay's file replaces the common directory and all in it.
+        fs::write(r.join("a-b/inside"), "hidden").unwrap();
         fs::write(r.join("amd64/a-b"), "not a dir").unwrap();
-        let err = first_error(r, Arch::Amd64);
-        assert!(
-            err.contains("it is a directory on one side and not on the other of the common path 'a-b'"),
-            "{err}"
+        let kinds = kinds(&collect(r, Arch::Amd64));
+        assert!(kinds.contains(&("a-b".to_string(), "file 644".to_string())), "{kinds:?}");
+        assert!(!kinds.iter().any(|(p, _)| p == "a-b/inside"));
+    }
+
+    #[test]
+    fn layers_placed_below_the_root_imply_their_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        fs::create_dir_all(r.join("base/manifests")).unwrap();
+        fs::create_dir_all(r.join("charts/x")).unwrap();
+        fs::write(r.join("base/manifests/app.yaml"), "a").unwrap();
+        fs::write(r.join("imageList"), "b").unwrap();
+        fs::write(r.join("charts/x/values.yaml"), "c").unwrap();
+        let layers = vec![
+            Layer::root(&r.join("base")),
+            Layer { source: r.join("imageList"), at: "manifests/imageList".into() },
+            Layer { source: r.join("charts/x"), at: "deep/charts/x".into() },
+        ];
+        let walk = walk_layers(layers, Arch::Amd64).unwrap();
+        let paths: Vec<String> = walk.map(|e| e.unwrap().path).collect();
+        assert_eq!(
+            paths,
+            [
+                "deep",
+                "deep/charts",
+                "deep/charts/x",
+                "deep/charts/x/values.yaml",
+                "manifests",
+                "manifests/app.yaml",
+                "manifests/imageList"
+            ]
         );
     }
 
@@ -347,9 +414,10 @@ mod tests {
         );
         let PackKind::File { content: Content::Path { path, .. }, .. } = &amd[2].kind else { panic!() };
         assert_eq!(fs::read_to_string(path).unwrap(), "amd64 build");
-        assert_eq!(facts(r, Arch::Amd64).cri.as_deref(), Some("containerd"));
-        assert_eq!(facts(r, Arch::Arm64).cri, None);
-        assert_eq!(measure(r, Arch::Amd64).unwrap(), (8, 1 + 11 + 2 + 7));
+        let (entries, bytes, facts) = measure(walk(r, Arch::Amd64).unwrap()).unwrap();
+        assert_eq!((entries, bytes), (8, 1 + 11 + 2 + 7));
+        assert_eq!(facts.cri.as_deref(), Some("containerd"));
+        assert_eq!(measure(walk(r, Arch::Arm64).unwrap()).unwrap().2.cri, None);
 
         let arm = collect(r, Arch::Arm64);
         assert!(arm.iter().all(|e| !e.path.starts_with("cri")));

@@ -95,6 +95,12 @@ pub enum Error {
     /// Reading or verifying a bundle failed.
     #[error(transparent)]
     Bundle(#[from] kubeferry_installer::Error),
+    /// A Kubefile that cannot be used.
+    #[error(transparent)]
+    Kubefile(#[from] crate::kubefile::KubefileError),
+    /// A `--build-arg` that is not NAME=VALUE.
+    #[error("--build-arg '{0}' is not NAME=VALUE")]
+    BuildArg(String),
     /// Interrupted by a signal; the partial output was removed.
     #[error("interrupted; the partial output was removed")]
     Interrupted,

@@ -6,10 +6,14 @@
 //! Syntax as Docker's: one instruction per line, keywords in any case, `#` comments on their own
 //! line, a trailing `\` continues a line, JSON arrays for the exec form of `CMD`, `ENTRYPOINT`
 //! and `COPY`, `$NAME` and `${NAME}` (with `${NAME:-default}`) replaced from `ARG`s and `ENV`s
-//! declared before, and in `FROM` from the `ARG`s before it. Every error names the line.
+//! declared before (and `ARCH` and `TARGETARCH`, the target architecture), and in `FROM` from
+//! the `ARG`s before it. Every error names the line.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::collect::Layer;
 
 /// A parsed Kubefile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +77,100 @@ impl fmt::Display for Base {
     }
 }
 
+impl Kubefile {
+    /// The layers of the rootfs this Kubefile describes, from the build context `context`:
+    /// the base, then each `COPY`. A directory source lays its contents at the destination; a
+    /// file source goes into the destination as a directory (`COPY imageList manifests` gives
+    /// `manifests/imageList`), as sealer does. Sources are globs relative to the context and
+    /// may not leave it.
+    pub fn layers(&self, context: &Path) -> Result<Vec<Layer>, KubefileError> {
+        let context = context.canonicalize().map_err(|e| KubefileError {
+            line: 1,
+            message: format!("the build context '{}' cannot be read: {e}", context.display()),
+        })?;
+        let mut layers = Vec::new();
+        if let Base::Named { name, line } = &self.from {
+            let err = |message: String| KubefileError { line: *line, message };
+            let path = context.join(name);
+            if path.is_dir() && !name.contains(':') {
+                layers.push(Layer::root(&inside(&context, &path).map_err(err)?));
+            } else if name.ends_with(".run") {
+                return Err(err(format!(
+                    "FROM a .run bundle is not supported yet: extract it with './{name} extract --to DIR' \
+                     and use FROM DIR"
+                )));
+            } else {
+                return Err(err(format!(
+                    "'{name}' is not a directory of the build context, and pulling a cluster image from a \
+                     registry is not supported yet; use FROM scratch or FROM a directory"
+                )));
+            }
+        }
+        for copy in &self.copies {
+            let err = |message: String| KubefileError { line: copy.line, message };
+            let dest = normal_dest(&copy.dest).map_err(err)?;
+            for source in &copy.sources {
+                if Path::new(source)
+                    .components()
+                    .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+                {
+                    return Err(err(format!(
+                        "the source '{source}' must be a relative path inside the build context"
+                    )));
+                }
+                let pattern = context.join(source);
+                let matches: Vec<PathBuf> = glob::glob(&pattern.to_string_lossy())
+                    .map_err(|e| err(format!("the source '{source}' is not a valid pattern: {e}")))?
+                    .filter_map(std::result::Result::ok)
+                    .collect();
+                if matches.is_empty() {
+                    return Err(err(format!(
+                        "'{source}' matches nothing in the build context '{}'",
+                        context.display()
+                    )));
+                }
+                for found in matches {
+                    let found = inside(&context, &found).map_err(err)?;
+                    let at = if found.is_dir() {
+                        dest.clone()
+                    } else {
+                        let name =
+                            found.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        if dest.is_empty() { name } else { format!("{dest}/{name}") }
+                    };
+                    layers.push(Layer { source: found, at });
+                }
+            }
+        }
+        Ok(layers)
+    }
+}
+
+/// `path`, resolved, if it lies inside the (canonical) `context`.
+fn inside(context: &Path, path: &Path) -> Result<PathBuf, String> {
+    let resolved = path.canonicalize().map_err(|e| format!("'{}' cannot be read: {e}", path.display()))?;
+    if !resolved.starts_with(context) {
+        return Err(format!("'{}' leads outside the build context", path.display()));
+    }
+    Ok(resolved)
+}
+
+/// A destination as a relative `/`-separated path, `""` for the root.
+fn normal_dest(dest: &str) -> Result<String, String> {
+    let mut parts = Vec::new();
+    for component in Path::new(dest).components() {
+        match component {
+            Component::Normal(part) => parts.push(part.to_string_lossy().into_owned()),
+            Component::RootDir | Component::CurDir => {}
+            _ => return Err(format!("the destination '{dest}' climbs out of the rootfs")),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// Build arguments every Kubefile sees without declaring them.
+pub const PREDEFINED: [&str; 2] = ["ARCH", "TARGETARCH"];
+
 /// Instructions a build would have to run, refused with the reason.
 const RUNNING: [&str; 5] = ["RUN", "CMDS", "LAUNCH", "APP", "APPCMDS"];
 /// Dockerfile instructions that mean nothing for a cluster image, ignored with no effect.
@@ -82,7 +180,12 @@ const IGNORED: [&str; 7] = ["MAINTAINER", "EXPOSE", "VOLUME", "USER", "WORKDIR",
 /// defaults.
 pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Kubefile, KubefileError> {
     let mut from: Option<Base> = None;
-    let mut args: BTreeMap<String, String> = BTreeMap::new();
+    // The target architecture is known without an ARG, as sealer's and Docker's builds know it.
+    let mut args: BTreeMap<String, String> = build_args
+        .iter()
+        .filter(|(k, _)| PREDEFINED.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let mut kubefile = Kubefile {
         from: Base::Scratch,
         copies: Vec::new(),
@@ -428,6 +531,59 @@ mod tests {
         );
         let args = BTreeMap::from([("TAG".to_string(), "v1.20.2".to_string())]);
         assert_eq!(parse(text, &args).unwrap().from.to_string(), "kubernetes-rawdocker:v1.20.2");
+    }
+
+    #[test]
+    fn layers_lay_directories_at_their_destination_and_files_into_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = dir.path();
+        for d in ["base/bin", "etc", "charts/a", "charts/b"] {
+            std::fs::create_dir_all(c.join(d)).unwrap();
+        }
+        for f in ["imageList", "etc/daemon.json", "base/bin/tool"] {
+            std::fs::write(c.join(f), "x").unwrap();
+        }
+        let k = parse_ok(
+            "FROM base\nCOPY imageList manifests\nCOPY etc/daemon.json ./etc/\nCOPY charts/* /charts\nCOPY etc .\n",
+        );
+        let c = c.canonicalize().unwrap();
+        let layers = k.layers(&c).unwrap();
+        let got: Vec<(String, String)> = layers
+            .iter()
+            .map(|l| (l.source.strip_prefix(&c).unwrap().display().to_string(), l.at.clone()))
+            .collect();
+        let want = [
+            ("base", ""),
+            ("imageList", "manifests/imageList"),
+            ("etc/daemon.json", "etc/daemon.json"),
+            ("charts/a", "charts"),
+            ("charts/b", "charts"),
+            ("etc", ""),
+        ];
+        assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
+
+        let err = |text: &str| parse_ok(text).layers(&c).unwrap_err().to_string();
+        assert_eq!(
+            err("FROM scratch\nCOPY ../x .\n"),
+            "Kubefile line 2: the source '../x' must be a relative path inside the build context"
+        );
+        assert!(
+            err("FROM scratch\nCOPY nothing* .\n")
+                .starts_with("Kubefile line 2: 'nothing*' matches nothing in the build context")
+        );
+        assert_eq!(
+            err("FROM scratch\nCOPY etc ../up\n"),
+            "Kubefile line 2: the destination '../up' climbs out of the rootfs"
+        );
+        assert!(
+            err("FROM labring/kubernetes:v1.24.0\n")
+                .contains("pulling a cluster image from a registry is not supported yet")
+        );
+        std::os::unix::fs::symlink("/etc", c.join("escape")).unwrap();
+        assert_eq!(
+            err("FROM scratch\nCOPY escape .\n"),
+            format!("Kubefile line 2: '{}' leads outside the build context", c.join("escape").display())
+        );
     }
 
     #[test]

@@ -2,16 +2,18 @@
 //!
 //! Exit codes: 0 ok, 1 failed, 2 usage, 3 not trusted or corrupt, 130 interrupted.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use kubeferry_builder::pack::{self, Spec, sidecar};
-use kubeferry_builder::{Error, collect, sign, stub};
+use kubeferry_builder::{Error, collect, kubefile, sign, stub};
 use kubeferry_installer::arch::Arch;
 use kubeferry_installer::error::human_bytes;
 use kubeferry_installer::keys::{FileDigest, PublicKey, SecretKey};
+use kubeferry_installer::manifest::ImageConfig;
 use kubeferry_installer::reader::Bundle;
 use kubeferry_installer::trust::Trust;
 use kubeferry_installer::{StreamOptions, extract};
@@ -91,8 +93,16 @@ enum Command {
 #[derive(Debug, Args)]
 struct BuildArgs {
     /// The CloudRootfs directory (bin/, cri/, etc/, images/, registry/, scripts/, manifests/,
-    /// and per-architecture folders such as amd64/ and arm64/).
+    /// and per-architecture folders such as amd64/ and arm64/); with --file, the build context
+    /// the Kubefile's FROM and COPY read from.
     rootfs: PathBuf,
+    /// Assemble the rootfs as this Kubefile says (FROM scratch or a directory, COPY, ENV,
+    /// ARG, LABEL, CMD, ENTRYPOINT); ARCH and TARGETARCH are set to each target architecture.
+    #[arg(long = "file", short = 'f', value_name = "KUBEFILE")]
+    kubefile: Option<PathBuf>,
+    /// A value for an ARG of the Kubefile, as NAME=VALUE.
+    #[arg(long, value_name = "NAME=VALUE", requires = "kubefile")]
+    build_arg: Vec<String>,
     /// Cluster image name, the first part of the file name.
     #[arg(long)]
     name: String,
@@ -217,14 +227,47 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
             stub::load(arch, given)
         })
         .collect::<Result<Vec<_>, Error>>()?;
+    let kubefile_text = match &args.kubefile {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(Error::io("read", path))?),
+        None => None,
+    };
+    let build_args = args
+        .build_arg
+        .iter()
+        .map(|a| {
+            a.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or(Error::BuildArg(a.clone()))
+        })
+        .collect::<Result<BTreeMap<_, _>, Error>>()?;
     for (&arch, (stub_path, stub_bytes)) in arches.iter().zip(&stubs) {
+        let (layers, image) = match &kubefile_text {
+            Some(text) => {
+                let mut build_args = build_args.clone();
+                for name in ["ARCH", "TARGETARCH"] {
+                    build_args.entry(name.to_string()).or_insert_with(|| arch.to_string());
+                }
+                let kubefile = kubefile::parse(text, &build_args)?;
+                let image = ImageConfig {
+                    env: kubefile.env.clone(),
+                    labels: kubefile.labels.clone(),
+                    cmd: kubefile.cmd.clone(),
+                    entrypoint: kubefile.entrypoint.clone(),
+                };
+                (kubefile.layers(&args.rootfs)?, image)
+            }
+            None => (vec![collect::Layer::root(&args.rootfs)], ImageConfig::default()),
+        };
         // A first walk reads no content: it finds what cannot be packed before anything is
-        // written, and gives the progress bar its total.
-        let (_, unpacked_size) = collect::measure(&args.rootfs, arch)?;
-        let facts = collect::facts(&args.rootfs, arch);
+        // written, learns what the tree says about itself, and gives the progress bar its total.
+        let (_, unpacked_size, facts) = collect::measure(collect::walk_layers(layers.clone(), arch)?)?;
+        let label = |names: &[&str]| names.iter().find_map(|n| image.labels.get(*n).cloned());
         let spec = Spec {
-            kubernetes_version: args.kubernetes_version.clone().or(facts.kubernetes_version),
-            cri: facts.cri,
+            kubernetes_version: args
+                .kubernetes_version
+                .clone()
+                .or(facts.kubernetes_version)
+                .or_else(|| label(&["cluster.alpha.sealer.io/cluster-runtime-version", "version"])),
+            cri: facts.cri.or_else(|| label(&["cluster.alpha.sealer.io/container-runtime-type"])),
+            image,
             mtime,
             level: args.level,
             jobs: args.jobs.map_or(0, usize::from),
@@ -232,7 +275,7 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
             ..Spec::new(&args.name, &args.version, arch)
         };
         term.say(&format!("building {} with stub '{}'", spec.file_name(), stub_path.display()));
-        let entries = collect::walk(&args.rootfs, arch)?;
+        let entries = collect::walk_layers(layers, arch)?;
         let packed = pack::pack(stub_bytes, entries, unpacked_size, &spec, key.as_ref(), &args.out, term)?;
         let m = &packed.manifest;
         term.say(&format!(

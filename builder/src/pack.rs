@@ -21,7 +21,7 @@ use kubeferry_installer::arch::Arch;
 use kubeferry_installer::index::IndexWriter;
 use kubeferry_installer::keys::{FileDigest, SecretKey};
 use kubeferry_installer::manifest::{
-    Blob, Chunk, Codec, Digest, Entry, MANIFEST_FORMAT, Manifest, Mode, Owner, Payload, Signer,
+    Blob, Chunk, Codec, Digest, Entry, ImageConfig, MANIFEST_FORMAT, Manifest, Mode, Owner, Payload, Signer,
 };
 use kubeferry_installer::pipeline;
 use kubeferry_installer::progress::Reporter;
@@ -100,6 +100,15 @@ impl Content {
         }
     }
 
+    /// The whole content of a file of at most 1 MiB, for reading facts from it.
+    pub fn read_small(&self) -> Option<Vec<u8>> {
+        match self {
+            Content::Path { size, .. } if *size > 1 << 20 => None,
+            Content::Path { path, .. } => fs::read(path).ok(),
+            Content::Bytes(b) => (b.len() <= 1 << 20).then(|| b.clone()),
+        }
+    }
+
     fn into_reader(self) -> Result<Box<dyn Read + Send>> {
         Ok(match self {
             Content::Path { path, .. } => Box::new(File::open(&path).map_err(Error::io("open", &path))?),
@@ -149,6 +158,8 @@ pub struct Spec {
     pub kubernetes_version: Option<String>,
     /// Container runtime, when known.
     pub cri: Option<String>,
+    /// What the Kubefile says about the image.
+    pub image: ImageConfig,
     /// Modification time of every entry (SOURCE_DATE_EPOCH, or 0).
     pub mtime: i64,
     /// zstd level.
@@ -169,6 +180,7 @@ impl Spec {
             arch,
             kubernetes_version: None,
             cri: None,
+            image: ImageConfig::default(),
             mtime: 0,
             level: 3,
             jobs: 0,
@@ -273,6 +285,7 @@ pub fn pack(
         arch: spec.arch,
         kubernetes_version: spec.kubernetes_version.clone(),
         cri: spec.cri.clone(),
+        image: spec.image.clone(),
         builder: format!("kubeferry {}", env!("CARGO_PKG_VERSION")),
         mtime: spec.mtime,
         owner: Owner { uid: 0, gid: 0 },

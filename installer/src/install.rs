@@ -422,6 +422,7 @@ mod tests {
             arch: Arch::Amd64,
             kubernetes_version: None,
             cri: None,
+            image: Default::default(),
             builder: "test".into(),
             mtime: 0,
             owner: Owner { uid: 0, gid: 0 },

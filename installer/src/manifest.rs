@@ -5,7 +5,7 @@
 //! and every index block, so every byte of the bundle.
 
 use std::cmp::Ordering;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +41,9 @@ pub struct Manifest {
     /// The container runtime the rootfs carries (`containerd`, `docker`), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cri: Option<String>,
+    /// What the image's Kubefile says about it: ENV, LABEL, CMD and ENTRYPOINT.
+    #[serde(default, skip_serializing_if = "ImageConfig::is_empty")]
+    pub image: ImageConfig,
     /// The program that built the bundle, e.g. `kubeferry 0.1.0`.
     pub builder: String,
     /// Modification time (seconds since the epoch) given to every extracted entry.
@@ -55,6 +58,32 @@ pub struct Manifest {
     pub payload: Payload,
     /// The index: every entry of the rootfs, in tree order, in compressed blocks.
     pub index: Index,
+}
+
+/// What a Kubefile says about the image beyond its files: the sealer and sealos ENV values
+/// (registry domain, port, credentials...), LABELs, and the commands that run after install.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// `ENV` values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// `LABEL` values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// `CMD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// `ENTRYPOINT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+}
+
+impl ImageConfig {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        *self == ImageConfig::default()
+    }
 }
 
 /// The index region: one record per entry of the rootfs, in tree order, as JSON lines cut
@@ -558,6 +587,7 @@ mod tests {
             arch: Arch::Amd64,
             kubernetes_version: None,
             cri: None,
+            image: ImageConfig::default(),
             builder: "test".into(),
             mtime: 0,
             owner: Owner { uid: 0, gid: 0 },
