@@ -210,7 +210,10 @@ fn kubeadm_images(file: &Path, shown: &str, found: &mut Found) -> Result<()> {
             continue;
         }
         let Some(version) = value.get("kubernetesVersion").and_then(Value::as_str) else { continue };
-        let repository = value.get("imageRepository").and_then(Value::as_str).unwrap_or("registry.k8s.io");
+        let minor = version.split('.').nth(1).and_then(|m| m.parse::<u32>().ok()).unwrap_or(0);
+        // kubeadm's default repository moved to registry.k8s.io in v1.25.
+        let default = if minor >= 25 { "registry.k8s.io" } else { "k8s.gcr.io" };
+        let repository = value.get("imageRepository").and_then(Value::as_str).unwrap_or(default);
         let Some(images) = control_plane_images(repository, version) else {
             return Err(Error::Images {
                 path: file.to_path_buf(),
@@ -364,6 +367,23 @@ mod tests {
 
     #[test]
     fn kubeadm_1_21_and_later_keep_coredns_in_a_sub_repository_of_the_default() {
+        // `kubeadm config images list --kubernetes-version v1.20.2` of the real kubeadm v1.20.2:
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "etc/kubeadm.yaml", "kind: ClusterConfiguration\nkubernetesVersion: v1.20.2\n");
+        let found = discover(dir.path()).unwrap();
+        let refs: Vec<&str> = found.keys().map(String::as_str).collect();
+        assert_eq!(
+            refs,
+            [
+                "k8s.gcr.io/coredns:1.7.0",
+                "k8s.gcr.io/etcd:3.4.13-0",
+                "k8s.gcr.io/kube-apiserver:v1.20.2",
+                "k8s.gcr.io/kube-controller-manager:v1.20.2",
+                "k8s.gcr.io/kube-proxy:v1.20.2",
+                "k8s.gcr.io/kube-scheduler:v1.20.2",
+                "k8s.gcr.io/pause:3.2",
+            ]
+        );
         let images = control_plane_images("registry.k8s.io", "v1.28.4").unwrap();
         assert!(images.contains(&("coredns", "registry.k8s.io/coredns/coredns:v1.10.1".to_string())));
         assert!(images.contains(&("etcd", "registry.k8s.io/etcd:3.5.9-0".to_string())));
