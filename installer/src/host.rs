@@ -30,6 +30,35 @@ pub trait Host: Send + Sync {
     /// Stops and disables `unit`; a unit that is not there is not an error.
     fn stop_service(&self, unit: &str) -> Result<()>;
 
+    /// Reloads the unit files and enables `unit` without starting it (the kubelet: `kubeadm
+    /// init` starts it).
+    fn enable_service(&self, unit: &str) -> Result<()>;
+
+    /// Whether `unit` is running.
+    fn service_active(&self, unit: &str) -> bool;
+
+    /// Makes the service manager forget unit files that were removed.
+    fn reload_units(&self) -> Result<()>;
+
+    /// Loads a kernel module now (`modprobe NAME`).
+    fn load_module(&self, name: &str) -> Result<()>;
+
+    /// Applies the kernel parameters of one sysctl file now (`sysctl -p FILE`; `file` is a host
+    /// path as [`Host::path`] gives it).
+    fn apply_sysctls(&self, file: &Path) -> Result<()>;
+
+    /// Called by [`write_file`] before it puts `target` (a host path) in place: a recording host
+    /// moves a file that is not its own aside here, to put it back on uninstall.
+    fn will_write(&self, _target: &Path) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called by [`write_file`] once `target` is in place: a recording host notes it for
+    /// uninstall.
+    fn wrote(&self, _target: &Path) -> Result<()> {
+        Ok(())
+    }
+
     /// Appends a line to the install log.
     fn log(&self, line: &str);
 }
@@ -55,9 +84,10 @@ pub fn write_file(host: &dyn Host, target: &Path, bytes: &[u8], mode: u32) -> Re
     file.write_all(bytes).map_err(Error::io("write", &partial))?;
     file.set_permissions(fs::Permissions::from_mode(mode)).map_err(Error::io("set the mode of", &partial))?;
     file.sync_all().map_err(Error::io("sync", &partial))?;
+    host.will_write(target)?;
     fs::rename(&partial, &path).map_err(Error::io("rename into place", &path))?;
     host.log(&format!("wrote {} ({} bytes, mode {mode:o})", target.display(), bytes.len()));
-    Ok(())
+    host.wrote(target)
 }
 
 /// The real host, with its install log.
@@ -111,6 +141,27 @@ impl Host for SystemHost {
         // `disable --now` of a unit that does not exist fails; that is not an error here.
         let _ = self.run(Command::new("systemctl").args(["disable", "--now", unit]));
         Ok(())
+    }
+
+    fn enable_service(&self, unit: &str) -> Result<()> {
+        self.run(Command::new("systemctl").arg("daemon-reload"))?;
+        self.run(Command::new("systemctl").args(["enable", unit])).map(|_| ())
+    }
+
+    fn service_active(&self, unit: &str) -> bool {
+        Command::new("systemctl").args(["is-active", "--quiet", unit]).status().is_ok_and(|s| s.success())
+    }
+
+    fn reload_units(&self) -> Result<()> {
+        self.run(Command::new("systemctl").arg("daemon-reload")).map(|_| ())
+    }
+
+    fn load_module(&self, name: &str) -> Result<()> {
+        self.run(Command::new("modprobe").arg(name)).map(|_| ())
+    }
+
+    fn apply_sysctls(&self, file: &Path) -> Result<()> {
+        self.run(Command::new("sysctl").arg("-p").arg(file)).map(|_| ())
     }
 
     fn log(&self, line: &str) {

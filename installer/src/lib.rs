@@ -30,6 +30,7 @@ pub mod registry;
 mod stream;
 pub mod trailer;
 pub mod trust;
+pub mod uninstall;
 
 pub use error::{Error, Result};
 pub use stream::StreamOptions;

@@ -91,6 +91,13 @@ enum Command {
         #[command(flatten)]
         trust: TrustArgs,
     },
+    /// Undo the install of this bundle: kubeadm reset, the services, every file it wrote; keeps
+    /// the cluster's data (/etc/kubernetes, /var/lib/etcd, ...) unless --purge.
+    Uninstall {
+        /// Remove the cluster's data too: certificates, etcd, the kubelet's and containerd's data.
+        #[arg(long)]
+        purge: bool,
+    },
     /// Serve a registry storage directory read-only over the OCI distribution API, until
     /// stopped (the bundled registry's service runs this).
     ServeRegistry(ServeRegistryArgs),
@@ -172,6 +179,9 @@ fn main() -> ExitCode {
                 dry_run: *dry_run,
             };
             (format!("could not install '{shown}'"), install(&file, &options, trust, &term))
+        }
+        Some(Command::Uninstall { purge }) => {
+            (format!("could not uninstall '{shown}'"), uninstall(&file, *purge, &term))
         }
         Some(Command::ServeRegistry(args)) => {
             let context = format!("could not serve the registry in '{}'", args.root.display());
@@ -371,6 +381,34 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
             })
         }
     }
+}
+
+/// Undoes the install recorded for this bundle's name. The bundle is read only for its name:
+/// what is undone is what the state file records.
+fn uninstall(file: &Path, purge: bool, term: &Terminal) -> Result<(), Error> {
+    use kubeferry_installer::uninstall::{self, Phase, UninstallOptions};
+    let name = Bundle::open(file)?.manifest_unverified()?.name;
+    let options = UninstallOptions {
+        purge,
+        fail_after: std::env::var(FAIL_AFTER_ENV)
+            .ok()
+            .and_then(|name| Phase::ALL.into_iter().find(|p| p.name() == name)),
+    };
+    let host = SystemHost::new(&install::state_dir(&name).join("install.log"))?;
+    let report = uninstall::run(&host, &name, &options)?;
+    if !report.installed {
+        term.say(&format!("'{name}' is not installed on this host: nothing to do"));
+        return Ok(());
+    }
+    term.say(&format!(
+        "uninstalled '{name}': {} files and directories removed, {} put back as they were",
+        report.removed, report.restored
+    ));
+    if !report.kept.is_empty() {
+        let kept: Vec<String> = report.kept.iter().map(|p| p.display().to_string()).collect();
+        term.say(&format!("kept the cluster's data (uninstall --purge removes it): {}", kept.join(", ")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -230,26 +230,43 @@ pub fn example_rootfs() -> &'static Path {
 }
 
 /// A target host kept below a root directory, for tests. Paths map below the root; commands
-/// run as they are. It stands in for systemd, and only for systemd: starting a unit runs the
-/// unit file's `ExecStart` (as the install wrote it) in a private mount namespace, with its
-/// output in `ROOT/var/log/UNIT.log`, and stopping it kills that process.
+/// run as they are. It stands in for systemd and for the kernel, and only for them: starting a
+/// unit runs the unit file's `ExecStart` (as the install wrote it) in a private mount
+/// namespace, with its output in `ROOT/var/log/UNIT.log`, and stopping it kills that process;
+/// enabling a unit is recorded in [`RootedHost::enabled`]; loading a module or applying sysctls
+/// is recorded in [`RootedHost::kernel`] and not done, since it would change the machine that
+/// runs the tests.
 #[derive(Debug)]
 pub struct RootedHost {
     /// The root directory.
     pub root: PathBuf,
     log_path: PathBuf,
     services: std::sync::Mutex<Vec<(String, std::process::Child)>>,
+    /// Units enabled (not started), for the tests to look at.
+    pub enabled: std::sync::Mutex<Vec<String>>,
+    /// Kernel changes asked for (`modprobe NAME`, `sysctl -p FILE`): recorded, not made.
+    pub kernel: std::sync::Mutex<Vec<String>>,
 }
 
 impl RootedHost {
     /// A host below `root` (created).
     pub fn new(root: &Path) -> RootedHost {
-        fs::create_dir_all(root.join("var/log")).unwrap();
+        fs::create_dir_all(root).unwrap();
+        fs::create_dir_all(Self::logs_of(root)).unwrap();
         RootedHost {
             root: root.to_path_buf(),
-            log_path: root.join("var/log/kubeferry-install.log"),
+            log_path: Self::logs_of(root).join("kubeferry-install.log"),
             services: Default::default(),
+            enabled: Default::default(),
+            kernel: Default::default(),
         }
+    }
+
+    /// The test host's own logs (the install's, the services' output) are kept beside the root,
+    /// so that the root holds only what the code under test wrote.
+    fn logs_of(root: &Path) -> PathBuf {
+        let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        root.with_file_name(format!("{name}.logs"))
     }
 
     /// The install log.
@@ -259,7 +276,7 @@ impl RootedHost {
 
     /// A service's output.
     pub fn service_log(&self, unit: &str) -> String {
-        fs::read_to_string(self.root.join(format!("var/log/{unit}.log"))).unwrap_or_default()
+        fs::read_to_string(Self::logs_of(&self.root).join(format!("{unit}.log"))).unwrap_or_default()
     }
 }
 
@@ -280,7 +297,7 @@ impl kubeferry_installer::host::Host for RootedHost {
             .find_map(|l| l.trim().strip_prefix("ExecStart="))
             .unwrap_or_else(|| panic!("no ExecStart in '{}'", file.display()));
         let argv: Vec<&str> = exec.split_whitespace().collect();
-        let out = fs::File::create(self.root.join(format!("var/log/{unit}.log"))).unwrap();
+        let out = fs::File::create(Self::logs_of(&self.root).join(format!("{unit}.log"))).unwrap();
         let child = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "--"])
             .args(&argv)
@@ -303,6 +320,34 @@ impl kubeferry_installer::host::Host for RootedHost {
         Ok(())
     }
 
+    fn enable_service(&self, unit: &str) -> kubeferry_installer::Result<()> {
+        kubeferry_installer::host::Host::log(self, &format!("enabled {unit}"));
+        self.enabled.lock().unwrap().push(unit.to_string());
+        Ok(())
+    }
+
+    fn service_active(&self, unit: &str) -> bool {
+        self.services
+            .lock()
+            .unwrap()
+            .iter_mut()
+            .any(|(name, child)| name == unit && matches!(child.try_wait(), Ok(None)))
+    }
+
+    fn reload_units(&self) -> kubeferry_installer::Result<()> {
+        Ok(())
+    }
+
+    fn load_module(&self, name: &str) -> kubeferry_installer::Result<()> {
+        self.kernel.lock().unwrap().push(format!("modprobe {name}"));
+        Ok(())
+    }
+
+    fn apply_sysctls(&self, file: &Path) -> kubeferry_installer::Result<()> {
+        self.kernel.lock().unwrap().push(format!("sysctl -p {}", file.display()));
+        Ok(())
+    }
+
     fn log(&self, line: &str) {
         use std::io::Write;
         let mut file = fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
@@ -317,4 +362,34 @@ impl Drop for RootedHost {
             let _ = child.wait();
         }
     }
+}
+
+/// Makes `root` look like a host before anything is installed: the system's directories, an
+/// `/etc/hosts` with the loopback names.
+pub fn host_skeleton(root: &Path) {
+    for dir in kubeferry_installer::uninstall::SYSTEM_DIRS {
+        fs::create_dir_all(root.join(dir.trim_start_matches('/'))).unwrap();
+    }
+    write(&root.join("etc/hosts"), "127.0.0.1 localhost\n::1 localhost ip6-localhost\n");
+}
+
+/// A signed bundle of `rootfs` named `example` (stub for amd64) built in `dir`, opened and
+/// verified.
+pub fn open_bundle(
+    dir: &Path,
+    rootfs: &Path,
+) -> (kubeferry_installer::reader::Bundle, kubeferry_installer::reader::Verified) {
+    use kubeferry_installer::reader::Bundle;
+    use kubeferry_installer::trust::Trust;
+    let (key, public) = keygen(dir, "release");
+    let out = ok(kubeferry()
+        .args(["build", "--quiet", "--name", "example", "--version", "v1.20.2", "-o"])
+        .arg(dir.join("dist"))
+        .arg("--key")
+        .arg(&key)
+        .arg(format!("--stub=amd64={}", stub_bin().display()))
+        .arg(rootfs));
+    let bundle = Bundle::open(Path::new(out.trim())).unwrap();
+    let verified = bundle.authenticate(&Trust::from_sources(&[public], &[], false, false).unwrap()).unwrap();
+    (bundle, verified)
 }

@@ -2,27 +2,29 @@
 //! lock, each finished step recorded in a state file so that a run after a failure, a reboot
 //! or Ctrl-C resumes at the step that did not finish, and a run on a finished node changes
 //! nothing.
+//!
+//! One file per concern: [`state`] (the receipt, the lock, the recording host), and one module
+//! per step that is more than a call into another module: [`registry`].
+
+pub mod registry;
+pub mod state;
 
 use std::fmt;
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::cri::{self, RuntimeSettings};
 use crate::error::{Error, Result};
 use crate::extract::{self, ExtractOptions};
-use crate::host::{Host, write_file};
+use crate::host::Host;
 use crate::manifest::Digest;
 use crate::preflight::{CONTROL_PLANE_PORTS, MIN_CPUS, MIN_MEMORY_MIB, Requirements};
 use crate::progress::Reporter;
 use crate::reader::{Bundle, Verified};
-use crate::registry;
 
-/// Where kubeferry keeps each installed bundle's rootfs, state and log.
-pub const STATE_ROOT: &str = "/var/lib/kubeferry";
+pub use state::{STATE_ROOT, State, load_state, state_dir};
+
 /// The installed copy of the stub that runs the registry service.
 pub const REGISTRY_BINARY: &str = "/usr/local/lib/kubeferry/kubeferry-stub";
 /// The registry service's unit.
@@ -134,25 +136,6 @@ impl fmt::Display for Plan {
     }
 }
 
-/// What is recorded after each step.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct State {
-    /// SHA-256 of the manifest of the bundle being installed.
-    pub bundle: String,
-    /// The bundle's name and version.
-    pub name: String,
-    /// Steps finished, in order.
-    pub done: Vec<StepId>,
-    /// Every file the install wrote, as host paths (for uninstall).
-    pub files: Vec<PathBuf>,
-}
-
-/// Where the state of the bundle `name` lives (a host path).
-pub fn state_dir(name: &str) -> PathBuf {
-    Path::new(STATE_ROOT).join(name)
-}
-
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -241,18 +224,10 @@ pub fn run(
     reporter: &dyn Reporter,
 ) -> Result<Outcome> {
     let manifest = &verified.manifest;
-    let dir = host.path(&state_dir(&manifest.name));
-    fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
-    let lock_path = dir.join("install.lock");
-    let lock_file = File::create(&lock_path).map_err(Error::io("create", &lock_path))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| Error::Io {
-        action: "lock",
-        path: lock_path.clone(),
-        source: std::io::Error::other("another kubeferry install is running on this host"),
-    })?;
+    let _lock = state::lock(host, &manifest.name)?;
 
     let digest = Digest::of(bundle.manifest_bytes()).to_string();
-    let mut state = match load_state(host, &manifest.name)? {
+    let state = match load_state(host, &manifest.name)? {
         Some(state) if state.bundle != digest => {
             return Err(Error::Io {
                 action: "install over",
@@ -270,23 +245,31 @@ pub fn run(
             ..State::default()
         },
     };
+    let recorder = state::Recorder::new(host, &manifest.name, state);
+    let host = &recorder;
+    host.update(|state| {
+        state.rootfs_dir = Some(config.rootfs_dir.clone());
+        state.registry = Some(format!("{}:{}", config.registry_domain, config.registry_port));
+    })?;
 
     let rootfs = host.path(&config.rootfs_dir);
     for step in StepId::ALL {
-        if state.done.contains(&step) {
+        if host.state().done.contains(&step) {
             host.log(&format!("step {step}: done by an earlier run"));
             continue;
         }
         if !step.implemented() {
-            let rest = StepId::ALL.into_iter().filter(|s| !state.done.contains(s)).collect();
+            let done = host.state().done;
+            let rest = StepId::ALL.into_iter().filter(|s| !done.contains(s)).collect();
             return Ok(Outcome::StoppedBefore(rest));
         }
         host.log(&format!("step {step}: start"));
-        let files = match step {
+        host.update(|state| state.running = Some(step))?;
+        match step {
             StepId::Extract => {
+                host.record(&config.rootfs_dir)?;
                 let options = ExtractOptions { replace: true, ..ExtractOptions::default() };
                 extract::extract(bundle, verified, &rootfs, &options, reporter)?;
-                vec![config.rootfs_dir.clone()]
             }
             StepId::Runtime => {
                 let settings = RuntimeSettings {
@@ -294,14 +277,16 @@ pub fn run(
                     systemd_cgroup: config.systemd_cgroup,
                     sandbox_image: None,
                 };
-                cri::install_containerd(host, &rootfs, &settings)?.files
+                cri::install_containerd(host, &rootfs, &settings)?;
             }
-            StepId::Registry => start_registry(host, bundle, &rootfs, config)?,
-            _ => Vec::new(),
-        };
-        state.done.push(step);
-        state.files.extend(files);
-        save_state(host, &manifest.name, &state)?;
+            StepId::Registry => registry::start(host, bundle, &rootfs, config)?,
+            _ => {}
+        }
+        host.update(|state| {
+            state.running = None;
+            state.done.push(step);
+            state.finished.insert(step, state::now());
+        })?;
         host.log(&format!("step {step}: done"));
         if config.fail_after == Some(step) {
             return Err(Error::Io {
@@ -312,82 +297,6 @@ pub fn run(
         }
     }
     Ok(Outcome::AlreadyDone)
-}
-
-/// Installs a copy of the stub, maps the registry domain in /etc/hosts, and starts the
-/// registry service over the rootfs's registry/; waits until `/v2/` and an image answer.
-fn start_registry(
-    host: &dyn Host,
-    bundle: &Bundle,
-    rootfs: &Path,
-    config: &InstallConfig,
-) -> Result<Vec<PathBuf>> {
-    let stub_len = usize::try_from(bundle.trailer().stub_len).map_err(|_| Error::NotABundle)?;
-    let mut stub = vec![0u8; stub_len];
-    std::os::unix::fs::FileExt::read_exact_at(bundle.file(), &mut stub, 0)
-        .map_err(Error::io("read", bundle.path()))?;
-    write_file(host, Path::new(REGISTRY_BINARY), &stub, 0o755)?;
-
-    let hosts_path = host.path(Path::new("/etc/hosts"));
-    let current = fs::read_to_string(&hosts_path).unwrap_or_default();
-    let line = format!("{} {} {HOSTS_MARKER}", config.registry_address, config.registry_domain);
-    if !current.lines().any(|l| l == line) {
-        let mut text = current.clone();
-        if !text.is_empty() && !text.ends_with('\n') {
-            text.push('\n');
-        }
-        text.push_str(&line);
-        text.push('\n');
-        write_file(host, Path::new("/etc/hosts"), text.as_bytes(), 0o644)?;
-    }
-
-    let storage = rootfs.join("registry");
-    fs::create_dir_all(&storage).map_err(Error::io("create", &storage))?;
-    let unit = format!(
-        "# The bundled registry, written by kubeferry.\n[Unit]\nDescription=kubeferry registry (read-only)\n\
-         After=network.target\n\n[Service]\nExecStart={} serve-registry --root {} --listen 0.0.0.0:{}\n\
-         Restart=always\nRestartSec=2\n\n[Install]\nWantedBy=multi-user.target\n",
-        host.path(Path::new(REGISTRY_BINARY)).display(),
-        storage.display(),
-        config.registry_port
-    );
-    write_file(host, Path::new(REGISTRY_UNIT), unit.as_bytes(), 0o644)?;
-    host.start_service(REGISTRY_UNIT_NAME)?;
-
-    let probe = registry::list_images(&storage).ok().and_then(|images| images.into_iter().next());
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], config.registry_port));
-    let host_header = format!("{}:{}", config.registry_domain, config.registry_port);
-    registry::wait_ready(
-        addr,
-        &host_header,
-        probe.as_ref().map(|i| (i.repository.as_str(), i.tag.as_str())),
-        Duration::from_secs(30),
-    )
-    .map_err(|e| Error::Io {
-        action: "reach the registry on",
-        path: PathBuf::from(addr.to_string()),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    host.log(&format!("the registry answers on {addr}"));
-    Ok(vec![REGISTRY_BINARY.into(), REGISTRY_UNIT.into()])
-}
-
-fn load_state(host: &dyn Host, name: &str) -> Result<Option<State>> {
-    let path = host.path(&state_dir(name).join("state.json"));
-    match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Io {
-            action: "read the install state in",
-            path,
-            source: std::io::Error::other(e),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read", &path)(e)),
-    }
-}
-
-fn save_state(host: &dyn Host, name: &str, state: &State) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::io("write", "state.json")(e.into()))?;
-    write_file(host, &state_dir(name).join("state.json"), &bytes, 0o600)
 }
 
 #[cfg(test)]
