@@ -27,6 +27,7 @@ pub mod preflight;
 pub mod progress;
 pub mod reader;
 pub mod registry;
+pub mod status;
 mod stream;
 pub mod trailer;
 pub mod trust;

@@ -79,9 +79,6 @@ pub const SYSTEM_DIRS: [&str; 22] = [
     "/tmp",
 ];
 
-/// The kubeadm the install put in place.
-pub const KUBEADM: &str = "/usr/bin/kubeadm";
-
 /// A phase of the uninstall, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -214,7 +211,7 @@ pub fn run(host: &dyn Host, name: &str, options: &UninstallOptions) -> Result<Re
 /// `kubeadm reset -f` when `kubeadm init` started and kubeadm is still there; without `purge`
 /// the certificates and etcd's data are moved aside for it and back after it.
 fn reset(host: &dyn Host, state: &State, purge: bool) -> Result<()> {
-    let kubeadm = host.path(Path::new(KUBEADM));
+    let kubeadm = host.path(&crate::install::kubernetes_bin("kubeadm"));
     // Put back what an earlier, interrupted uninstall moved aside.
     for kept in KEPT_FROM_RESET {
         restore_kept(host, Path::new(kept))?;

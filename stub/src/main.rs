@@ -98,6 +98,13 @@ enum Command {
         #[arg(long)]
         purge: bool,
     },
+    /// What is installed from this bundle, its versions, and the health of its services and
+    /// registry (exit code 0 healthy, 1 not healthy or not installed).
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve a registry storage directory read-only over the OCI distribution API, until
     /// stopped (the bundled registry's service runs this).
     ServeRegistry(ServeRegistryArgs),
@@ -183,6 +190,16 @@ fn main() -> ExitCode {
         Some(Command::Uninstall { purge }) => {
             (format!("could not uninstall '{shown}'"), uninstall(&file, *purge, &term))
         }
+        Some(Command::Status { json }) => {
+            return match status(&file, *json) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    print_error(&format!("could not read the status of '{shown}'"), &e, e.hint());
+                    ExitCode::from(1)
+                }
+            };
+        }
         Some(Command::ServeRegistry(args)) => {
             let context = format!("could not serve the registry in '{}'", args.root.display());
             return match serve_registry(args, &term) {
@@ -236,7 +253,9 @@ fn summary(file: &Path, shown: &str) -> Result<(), Error> {
          verify   check the signature and every byte of this file\n  \
          list     list the files this bundle holds\n  \
          extract  verify, then unpack the rootfs into a directory\n  \
-         install  verify, check this host, unpack and install Kubernetes\n\n\
+         install  verify, check this host, unpack and install Kubernetes\n  \
+         status   what is installed, and whether it is healthy\n  \
+         uninstall  undo the install (--purge: the cluster's data too)\n\n\
          Trust: --trusted-key FILE, --key-fingerprint SHA256:..., or keys in {TRUSTED_KEYS_DIR}/\n\
          Run './{shown} COMMAND --help' for a command's options."
     );
@@ -379,6 +398,29 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
                 done: names(&mut StepId::ALL.into_iter().filter(|s| !missing.contains(s))),
                 missing: names(&mut missing.into_iter()),
             })
+        }
+    }
+}
+
+/// Prints the status of this bundle's install; whether it is healthy.
+fn status(file: &Path, json: bool) -> Result<bool, Error> {
+    let name = Bundle::open(file)?.manifest_unverified()?.name;
+    match kubeferry_installer::status::gather(&SystemHost::read_only(), &name)? {
+        Some(status) if json => {
+            println!("{:#}", serde_json::json!({"installed": true, "status": status}));
+            Ok(status.healthy)
+        }
+        Some(status) => {
+            print!("{status}");
+            Ok(status.healthy)
+        }
+        None if json => {
+            println!("{:#}", serde_json::json!({"installed": false, "name": name}));
+            Ok(false)
+        }
+        None => {
+            println!("'{name}' is not installed on this host");
+            Ok(false)
         }
     }
 }

@@ -91,3 +91,14 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     );
     assert!(!f.dir.join("node").exists(), "nothing was written");
 }
+
+#[test]
+fn status_of_a_bundle_that_is_not_installed() {
+    let f = fixture();
+    let (code, stdout, stderr) = run(Command::new(&f.bundle).args(["status", "--json"]));
+    assert_eq!(code, 1, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json, serde_json::json!({"installed": false, "name": "edge"}));
+    let (code, stdout, _) = run(Command::new(&f.bundle).arg("status"));
+    assert_eq!((code, stdout.as_str()), (1, "'edge' is not installed on this host\n"));
+}

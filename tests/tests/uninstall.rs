@@ -1,12 +1,13 @@
-//! `uninstall` after a real install (real containerd and kubeferry's registry from the example
+//! `status` and `uninstall` after a real install (real containerd and kubeferry's registry from the example
 //! bundle) under a test root: the root is compared, entry by entry, with what it held before.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 
 use kubeferry_installer::host::Host;
-use kubeferry_installer::install::{self, InstallConfig};
+use kubeferry_installer::install::{self, InstallConfig, StepId};
 use kubeferry_installer::progress::Silent;
+use kubeferry_installer::status;
 use kubeferry_installer::uninstall::{self, Phase, UninstallOptions};
 use kubeferry_tests::*;
 
@@ -70,13 +71,37 @@ fn uninstall_purge_leaves_the_host_as_it_was_and_finishes_when_run_again() {
 }
 
 #[test]
-fn uninstall_without_purge_keeps_the_runtimes_data() {
+fn status_then_uninstall_without_purge_which_keeps_the_runtimes_data() {
     let tmp = tempfile::tempdir().unwrap();
     let (bundle, verified) = open_bundle(tmp.path(), example_rootfs());
     let host = RootedHost::new(&tmp.path().join("host"));
     host_skeleton(&host.root);
-    install::run(&host, &bundle, &verified, &config(), &Silent)
-        .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
+    assert_eq!(status::gather(&host, "example").unwrap(), None, "nothing installed yet");
+    let config = InstallConfig { fail_after: Some(StepId::Registry), ..config() };
+    let _ = install::run(&host, &bundle, &verified, &config, &Silent);
+
+    let status = status::gather(&host, "example").unwrap().unwrap();
+    let text = status.to_string();
+    assert!(text.starts_with("example v1.20.2: 3 of 6 steps done, NOT healthy\n"), "{text}");
+    assert!(text.contains("\n  runtime       done     20"), "{text}");
+    assert!(text.contains("\n  kubernetes    todo     \n"), "{text}");
+    assert!(text.contains("containerd 1.6.20"), "the real containerd says its version: {text}");
+    assert!(text.contains("\n  containerd.service           active\n"), "{text}");
+    assert!(text.contains(&format!("registry: sea.hub:{} answers on /v2/", config.registry_port)), "{text}");
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["steps"][0]["step"], "extract");
+    assert_eq!(json["steps"][0]["state"], "done");
+    assert_eq!(
+        json["services"][1],
+        serde_json::json!({"unit": "kubeferry-registry.service", "active": true})
+    );
+    assert_eq!(json["healthy"], false);
+
+    // A registry that stopped shows.
+    host.stop_service("kubeferry-registry.service").unwrap();
+    let status = status::gather(&host, "example").unwrap().unwrap();
+    assert!(!status.services[1].active);
+    assert!(!status.registry.unwrap().answers);
     let report = uninstall::run(&host, "example", &UninstallOptions::default()).unwrap();
     assert_eq!(report.kept, [std::path::PathBuf::from("/var/lib/containerd")]);
     assert!(host.root.join("var/lib/containerd").is_dir());

@@ -10,7 +10,7 @@ pub mod registry;
 pub mod state;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,15 @@ pub const REGISTRY_BINARY: &str = "/usr/local/lib/kubeferry/kubeferry-stub";
 pub const REGISTRY_UNIT_NAME: &str = "kubeferry-registry.service";
 /// The registry service's unit file.
 pub const REGISTRY_UNIT: &str = "/etc/systemd/system/kubeferry-registry.service";
+/// Where the Kubernetes executables of the rootfs's `bin/` go: kubeadm's kubelet drop-in, the
+/// upstream kubelet unit and sealer's scripts all name `/usr/bin/kubelet`.
+pub const KUBERNETES_BIN_DIR: &str = "/usr/bin";
+
+/// The host path of a Kubernetes executable the install puts in place.
+pub fn kubernetes_bin(name: &str) -> PathBuf {
+    Path::new(KUBERNETES_BIN_DIR).join(name)
+}
+
 /// The marker of the line kubeferry adds to /etc/hosts.
 pub const HOSTS_MARKER: &str = "# added by kubeferry";
 
