@@ -90,6 +90,34 @@ pub fn write_file(host: &dyn Host, target: &Path, bytes: &[u8], mode: u32) -> Re
     host.wrote(target)
 }
 
+/// Copies the file `source` (a path of this process) to the host's `target` as [`write_file`]
+/// does, streaming it rather than holding it in memory (a kubelet is 100 MiB and more).
+pub fn copy_file(host: &dyn Host, source: &Path, target: &Path, mode: u32) -> Result<()> {
+    let path = host.path(target);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
+    }
+    let partial = path.with_file_name(format!(
+        ".{}.kubeferry-partial",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let _ = fs::remove_file(&partial);
+    let mut from = fs::File::open(source).map_err(Error::io("open", source))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&partial)
+        .map_err(Error::io("create", &partial))?;
+    let bytes = std::io::copy(&mut from, &mut file).map_err(Error::io("copy into", &partial))?;
+    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(Error::io("set the mode of", &partial))?;
+    file.sync_all().map_err(Error::io("sync", &partial))?;
+    host.will_write(target)?;
+    fs::rename(&partial, &path).map_err(Error::io("rename into place", &path))?;
+    host.log(&format!("wrote {} ({bytes} bytes from {}, mode {mode:o})", target.display(), source.display()));
+    host.wrote(target)
+}
+
 /// The real host, with its install log.
 #[derive(Debug)]
 pub struct SystemHost {

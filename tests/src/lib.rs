@@ -393,3 +393,130 @@ pub fn open_bundle(
     let verified = bundle.authenticate(&Trust::from_sources(&[public], &[], false, false).unwrap()).unwrap();
     (bundle, verified)
 }
+
+/// STAND-IN kubeadm, for tests only. The real kubeadm 1.20 cannot be run here (it is being built
+/// from Debian's source for the air-gapped VM test, which is where the real end-to-end proof
+/// belongs): this shell script records how it was called and answers as kubeadm does, no more.
+/// It finds the test root from its own path (`ROOT/usr/bin/kubeadm`) and writes its record in
+/// `ROOT.logs/` beside it (where [`RootedHost`] keeps its logs), so the root holds only what a
+/// real kubeadm would write:
+/// - `init --config FILE ...`: records the arguments and a copy of FILE; writes a fake
+///   `etc/kubernetes/admin.conf`, `pki/ca.crt`, a static pod manifest, `var/lib/etcd/member/`
+///   and `var/lib/kubelet/config.yaml`; prints kubeadm 1.20's closing text with its two join
+///   commands. Exits 1 when FILE contains `standin-fail`.
+/// - `reset -f`: records; deletes what `init` wrote, as kubeadm reset does (pki and etcd's data
+///   too).
+/// - `version -o short`: `v1.20.2`.
+pub const STANDIN_KUBEADM: &str = r#"#!/bin/sh
+# STAND-IN kubeadm for kubeferry's tests: not Kubernetes. See kubeferry_tests::STANDIN_KUBEADM.
+set -e
+root=$(cd "$(dirname "$0")/../.." && pwd)
+logs="$root.logs"
+mkdir -p "$logs"
+echo "kubeadm $*" >>"$logs/standin-calls"
+case "$1" in
+  init)
+    config=""
+    for arg in "$@"; do
+      case "$prev" in --config) config="$arg" ;; esac
+      prev="$arg"
+    done
+    cp "$config" "$logs/kubeadm-init.yaml"
+    if grep -q standin-fail "$config"; then
+      echo "error execution phase wait-control-plane: couldn't initialize a Kubernetes cluster" >&2
+      exit 1
+    fi
+    mkdir -p "$root/etc/kubernetes/pki" "$root/etc/kubernetes/manifests" "$root/var/lib/etcd/member" "$root/var/lib/kubelet"
+    printf 'apiVersion: v1\nkind: Config\nclusters: []\n# stand-in admin.conf\n' >"$root/etc/kubernetes/admin.conf"
+    echo "stand-in CA" >"$root/etc/kubernetes/pki/ca.crt"
+    echo "kind: Pod" >"$root/etc/kubernetes/manifests/kube-apiserver.yaml"
+    echo "stand-in etcd data" >"$root/var/lib/etcd/member/snap"
+    echo "kind: KubeletConfiguration" >"$root/var/lib/kubelet/config.yaml"
+    cat <<'OUT'
+[init] Using Kubernetes version: v1.20.2
+[addons] Applied essential addon: kube-proxy
+
+Your Kubernetes control-plane has initialized successfully!
+
+To start using your cluster, you need to run the following as a regular user:
+
+  mkdir -p $HOME/.kube
+  sudo cp -i /etc/kubernetes/admin.conf $HOME/.kube/config
+  sudo chown $(id -u):$(id -g) $HOME/.kube/config
+
+You can now join any number of the control-plane node running the following command on each as root:
+
+  kubeadm join 10.0.0.10:6443 --token abcdef.0123456789abcdef \
+    --discovery-token-ca-cert-hash sha256:2f1b5aa0c4a14a2e4a1f4b5c6d7e8f90112233445566778899aabbccddeeff00 \
+    --control-plane --certificate-key 0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff
+
+Please note that the certificate-key gives access to cluster sensitive data, keep it secret!
+
+Then you can join any number of worker nodes by running the following on each as root:
+
+kubeadm join 10.0.0.10:6443 --token abcdef.0123456789abcdef \
+    --discovery-token-ca-cert-hash sha256:2f1b5aa0c4a14a2e4a1f4b5c6d7e8f90112233445566778899aabbccddeeff00 
+OUT
+    ;;
+  reset)
+    rm -rf "$root/etc/kubernetes/manifests" "$root/etc/kubernetes/pki" "$root/var/lib/etcd"
+    rm -f "$root/etc/kubernetes/admin.conf" "$root/etc/kubernetes/kubelet.conf"
+    rm -rf "$root/var/lib/kubelet/"*
+    echo "[reset] stand-in reset done"
+    ;;
+  version) echo "v1.20.2" ;;
+  *) echo "stand-in kubeadm: '$1' is not part of the stand-in" >&2; exit 1 ;;
+esac
+"#;
+
+/// STAND-IN kubectl, for tests only (see [`STANDIN_KUBEADM`] for why): records each call with
+/// its `KUBECONFIG` and working directory in `ROOT.logs/standin-calls`, and for `apply -f FILE`
+/// a line naming FILE's first `name:`. Exits 1 for a file that contains `standin-fail`.
+pub const STANDIN_KUBECTL: &str = r#"#!/bin/sh
+# STAND-IN kubectl for kubeferry's tests: not Kubernetes. See kubeferry_tests::STANDIN_KUBECTL.
+root=$(cd "$(dirname "$0")/../.." && pwd)
+logs="$root.logs"
+mkdir -p "$logs"
+echo "kubectl $* (KUBECONFIG=$KUBECONFIG, in $(pwd))" >>"$logs/standin-calls"
+prev=""
+for arg in "$@"; do
+  if [ "$prev" = "-f" ]; then
+    if grep -q standin-fail "$arg"; then echo "error: stand-in refuses $arg" >&2; exit 1; fi
+    echo "applied $(basename "$arg")"
+  fi
+  prev="$arg"
+done
+"#;
+
+/// STAND-IN kubelet, for tests only (see [`STANDIN_KUBEADM`] for why): it only says its
+/// version; the tests never start it.
+pub const STANDIN_KUBELET: &str =
+    "#!/bin/sh\n# STAND-IN kubelet for kubeferry's tests.\necho \"Kubernetes v1.20.2\"\n";
+
+/// The example rootfs with the STAND-IN kubeadm, kubelet and kubectl in `bin/` (see
+/// [`STANDIN_KUBEADM`]), two manifests and a Kubefile `CMD`, copied into `dir/rootfs`.
+pub fn kubernetes_rootfs(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    must(Command::new("cp").arg("-a").arg(example_rootfs()).arg(&rootfs), "cp -a");
+    for (name, text) in
+        [("kubeadm", STANDIN_KUBEADM), ("kubectl", STANDIN_KUBECTL), ("kubelet", STANDIN_KUBELET)]
+    {
+        let path = rootfs.join("bin").join(name);
+        write(&path, text);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    write(
+        &rootfs.join("manifests/10-namespace.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: edge\n",
+    );
+    write(
+        &rootfs.join("manifests/app/20-config.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n  namespace: edge\n",
+    );
+    let kubefile = fs::read_to_string(rootfs.join("Kubefile")).unwrap();
+    write(
+        &rootfs.join("Kubefile"),
+        kubefile + "CMD [\"kubectl get nodes\", \"kubectl apply -f manifests/10-namespace.yaml\"]\n",
+    );
+    rootfs
+}

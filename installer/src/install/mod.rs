@@ -4,8 +4,9 @@
 //! nothing.
 //!
 //! One file per concern: [`state`] (the receipt, the lock, the recording host), and one module
-//! per step that is more than a call into another module: [`registry`].
+//! per step that is more than a call into another module: [`registry`], [`kubernetes`].
 
+pub mod kubernetes;
 pub mod registry;
 pub mod state;
 
@@ -86,7 +87,7 @@ impl StepId {
 
     /// Whether this version of kubeferry carries the step out.
     pub fn implemented(self) -> bool {
-        matches!(self, StepId::Extract | StepId::Runtime | StepId::Registry)
+        matches!(self, StepId::Extract | StepId::Runtime | StepId::Registry | StepId::Kubernetes)
     }
 }
 
@@ -176,9 +177,10 @@ pub fn plan(host: &dyn Host, verified: &Verified, config: &InstallConfig) -> Res
                     "serve {rootfs}/registry on {registry} ({} -> {}) as {REGISTRY_UNIT_NAME}",
                     config.registry_domain, config.registry_address
                 ),
-                StepId::Kubernetes => {
-                    "put kubeadm, kubelet and kubectl from bin/ in place, with the kubelet unit".into()
-                }
+                StepId::Kubernetes => format!(
+                    "put {rootfs}/bin/* (kubeadm, kubelet, kubectl, ...) into {KUBERNETES_BIN_DIR}, \
+                     with the kubelet unit, kernel modules and sysctls, and enable the kubelet"
+                ),
                 StepId::KubeadmInit => "render etc/kubeadm.yml, merge --config, run kubeadm init".into(),
                 StepId::Applications => "apply manifests/ and run the image's CMD".into(),
             },
@@ -289,6 +291,7 @@ pub fn run(
                 cri::install_containerd(host, &rootfs, &settings)?;
             }
             StepId::Registry => registry::start(host, bundle, &rootfs, config)?,
+            StepId::Kubernetes => kubernetes::install(host, &rootfs, reporter)?,
             _ => {}
         }
         host.update(|state| {
