@@ -85,6 +85,12 @@ enum Command {
         /// The bundled registry's port (sealos: registryPort).
         #[arg(long, default_value_t = 5000)]
         registry_port: u16,
+        /// kubeadm configuration documents merged over the image's, by kind, field by field.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The command run after the manifests are applied, instead of the image's CMD.
+        #[arg(long, value_name = "COMMAND")]
+        cmd: Option<String>,
         /// Print the plan (every step, and which an earlier run finished) and change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -174,10 +180,15 @@ fn main() -> ExitCode {
             advertise_address,
             registry_domain,
             registry_port,
+            config,
+            cmd,
             dry_run,
             trust,
         }) => {
             let options = InstallArgs {
+                config: config.as_deref(),
+                cmd: cmd.as_deref(),
+                shown: &shown,
                 rootfs_dir: rootfs_dir.as_deref(),
                 ignore_preflight,
                 advertise_address: *advertise_address,
@@ -332,6 +343,9 @@ fn serve_registry(args: &ServeRegistryArgs, term: &Terminal) -> Result<(), Regis
 
 /// The install's options, apart from trust.
 struct InstallArgs<'a> {
+    config: Option<&'a Path>,
+    cmd: Option<&'a str>,
+    shown: &'a str,
     rootfs_dir: Option<&'a Path>,
     ignore_preflight: &'a [String],
     advertise_address: Option<std::net::IpAddr>,
@@ -369,6 +383,10 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
         fail_after: std::env::var(FAIL_AFTER_ENV)
             .ok()
             .and_then(|name| StepId::ALL.into_iter().find(|s| s.name() == name)),
+        advertise_address: args.advertise_address.map(|a| a.to_string()),
+        kubeadm_config: args.config.map(Path::to_path_buf),
+        cmd: args.cmd.map(str::to_string),
+        bundle_file: args.shown.to_string(),
     };
     let plan = install::plan(&SystemHost::read_only(), &verified, &config)?;
     if args.dry_run {
@@ -388,6 +406,18 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
     match install::run(&host, &bundle, &verified, &config, term)? {
         Outcome::AlreadyDone => {
             term.say("this node is installed already: nothing to do");
+            Ok(())
+        }
+        Outcome::Installed(join) => {
+            term.say(&format!("installed '{}' {}", m.name, m.version));
+            if let Some(join) = join {
+                println!(
+                    "To join a worker node, run there:\n  {}\n  (or: {})\n\n\
+                     To join a control-plane node, run there:\n  {}\n  (or: {})\n\n\
+                     The token is valid for 24 hours; 'kubeadm token create --print-join-command' makes a new one.",
+                    join.kubeferry_worker, join.worker, join.kubeferry_control_plane, join.control_plane
+                );
+            }
             Ok(())
         }
         Outcome::StoppedBefore(missing) => {

@@ -448,7 +448,7 @@ You can now join any number of the control-plane node running the following comm
 
   kubeadm join 10.0.0.10:6443 --token abcdef.0123456789abcdef \
     --discovery-token-ca-cert-hash sha256:2f1b5aa0c4a14a2e4a1f4b5c6d7e8f90112233445566778899aabbccddeeff00 \
-    --control-plane --certificate-key 0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff
+    --control-plane --certificate-key 0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff1
 
 Please note that the certificate-key gives access to cluster sensitive data, keep it secret!
 

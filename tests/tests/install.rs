@@ -84,7 +84,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
              2. runtime       [todo] install containerd from {r}/cri/containerd.tar.gz into /usr/local/bin, pulling from sea.hub:5000, and start it\n \
              3. registry      [todo] serve {r}/registry on sea.hub:5000 (sea.hub -> 127.0.0.1) as kubeferry-registry.service\n \
              4. kubernetes    [todo] put {r}/bin/* (kubeadm, kubelet, kubectl, ...) into /usr/bin, with the kubelet unit, kernel modules and sysctls, and enable the kubelet\n \
-             5. kubeadm-init  [not in this version] render etc/kubeadm.yml, merge --config, run kubeadm init\n \
+             5. kubeadm-init  [todo] render etc/kubeadm.yml into /etc/kubernetes/kubeadm-kubeferry.yaml, run kubeadm init --upload-certs (without kubeadm's preflight, and without CoreDNS unless registry/ holds it), copy admin.conf to /root/.kube/config\n \
              6. applications  [not in this version] apply manifests/ and run the image's CMD\n",
             r = rootfs.display()
         )

@@ -15,12 +15,9 @@ use kubeferry_tests::*;
 
 fn config() -> InstallConfig {
     InstallConfig {
-        rootfs_dir: "/var/lib/kubeferry/example/rootfs".into(),
-        registry_domain: "sea.hub".into(),
         registry_port: kubeferry_tests::images::free_addr().port(),
-        registry_address: "127.0.0.1".into(),
-        systemd_cgroup: true,
-        fail_after: None,
+        advertise_address: Some("10.0.0.10".into()),
+        ..InstallConfig::new("example", "example-v1.20.2-linux-amd64.run")
     }
 }
 
@@ -28,9 +25,32 @@ fn implemented() -> Vec<StepId> {
     StepId::ALL.into_iter().filter(|s| s.implemented()).collect()
 }
 
-fn finished() -> Outcome {
+/// How a run ends that finishes the install (`ran`: some step ran).
+fn finished(ran: bool) -> Outcome {
     let rest: Vec<StepId> = StepId::ALL.into_iter().filter(|s| !s.implemented()).collect();
-    if rest.is_empty() { Outcome::AlreadyDone } else { Outcome::StoppedBefore(rest) }
+    match (rest.is_empty(), ran) {
+        (false, _) => Outcome::StoppedBefore(rest),
+        (true, false) => Outcome::AlreadyDone,
+        (true, true) => Outcome::Installed(Some(standin_join())),
+    }
+}
+
+/// The join commands of the stand-in kubeadm's output.
+fn standin_join() -> kubeferry_installer::kubeadm::JoinCommands {
+    const HASH: &str = "sha256:2f1b5aa0c4a14a2e4a1f4b5c6d7e8f90112233445566778899aabbccddeeff00";
+    const KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff1";
+    let worker = format!(
+        "kubeadm join 10.0.0.10:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash {HASH}"
+    );
+    let kubeferry = format!(
+        "./example-v1.20.2-linux-amd64.run join --server 10.0.0.10:6443 --token abcdef.0123456789abcdef --ca-cert-hash {HASH}"
+    );
+    kubeferry_installer::kubeadm::JoinCommands {
+        control_plane: format!("{worker} --control-plane --certificate-key {KEY}"),
+        kubeferry_control_plane: format!("{kubeferry} --control-plane --certificate-key {KEY}"),
+        worker,
+        kubeferry_worker: kubeferry,
+    }
 }
 
 fn diff(
@@ -70,7 +90,7 @@ fn install_resumes_after_a_failure_at_each_step_and_uninstall_undoes_it() {
         let config = InstallConfig { fail_after: None, ..config };
         let outcome = install::run(&host, &bundle, &verified, &config, &Silent)
             .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
-        assert_eq!(outcome, finished());
+        assert_eq!(outcome, finished(true));
         let log = host.log_text();
         for step in implemented() {
             assert_eq!(log.matches(&format!("step {step}: start")).count(), 1, "{step} ran once:\n{log}");
@@ -81,7 +101,7 @@ fn install_resumes_after_a_failure_at_each_step_and_uninstall_undoes_it() {
 
         // A finished run: nothing starts again.
         let starts = host.log_text().matches(": start").count();
-        assert_eq!(install::run(&host, &bundle, &verified, &config, &Silent).unwrap(), finished());
+        assert_eq!(install::run(&host, &bundle, &verified, &config, &Silent).unwrap(), finished(false));
         assert_eq!(host.log_text().matches(": start").count(), starts);
 
         let report = uninstall::run(&host, "example", &UninstallOptions { purge: true, fail_after: None })
@@ -165,4 +185,107 @@ fn a_rootfs_without_kubeadm_is_refused_by_name() {
         "it has no kubeadm: a cluster image carries kubeadm, kubelet and kubectl in bin/"
     );
     assert!(!host.root.join("usr").exists(), "nothing written");
+}
+
+/// kubeadm init with the image's configuration and the user's `--config` merged over it;
+/// a failed init is reset and run again; uninstall resets the cluster and keeps its data.
+#[test]
+fn kubeadm_init_runs_with_the_merged_configuration_and_gives_the_join_commands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = kubernetes_rootfs(tmp.path());
+    let (bundle, verified) = open_bundle(tmp.path(), &rootfs);
+    let host = RootedHost::new(&tmp.path().join("host"));
+    host_skeleton(&host.root);
+    let before = snapshot(&host.root);
+    let calls = || fs::read_to_string(tmp.path().join("host.logs/standin-calls")).unwrap_or_default();
+
+    // A user configuration the stand-in kubeadm fails with.
+    let user = tmp.path().join("cluster.yaml");
+    write(
+        &user,
+        "apiVersion: kubeadm.k8s.io/v1beta2\nkind: ClusterConfiguration\nclusterName: standin-fail\n",
+    );
+    let config = InstallConfig { kubeadm_config: Some(user.clone()), ..config() };
+    let err = install::run(&host, &bundle, &verified, &config, &Silent).unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.contains("/usr/bin/kubeadm\" \"init\" \"--config\""), "{shown}");
+    assert!(shown.contains("failed (exit status: 1); the install log is"), "{shown}");
+    assert!(
+        shown.ends_with("error execution phase wait-control-plane: couldn't initialize a Kubernetes cluster"),
+        "{shown}"
+    );
+    let state = install::load_state(&host, "example").unwrap().unwrap();
+    assert_eq!(state.running, Some(StepId::KubeadmInit));
+
+    // Fixed: the run resets what the failed init left, then inits.
+    write(
+        &user,
+        "apiVersion: kubeadm.k8s.io/v1beta2\nkind: ClusterConfiguration\nclusterName: edge\nnetworking:\n  podSubnet: 10.244.0.0/16\n",
+    );
+    let outcome = install::run(&host, &bundle, &verified, &config, &Silent)
+        .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
+    if StepId::Applications.implemented() {
+        assert_eq!(outcome, Outcome::Installed(Some(standin_join())));
+    }
+    let calls_after_init = calls();
+    let kubeadm_calls: Vec<&str> = calls_after_init.lines().filter(|l| l.starts_with("kubeadm ")).collect();
+    let init = format!(
+        "kubeadm init --config {} --skip-phases=preflight,addon/coredns --upload-certs",
+        host.root.join("etc/kubernetes/kubeadm-kubeferry.yaml").display()
+    );
+    assert_eq!(kubeadm_calls, [init.as_str(), "kubeadm reset -f", init.as_str()]);
+    assert!(
+        host.log_text().contains("kubeadm init started before and did not finish: kubeadm reset -f first")
+    );
+
+    let used = fs::read_to_string(tmp.path().join("host.logs/kubeadm-init.yaml")).unwrap();
+    assert!(used.contains("kind: InitConfiguration\n"), "{used}");
+    assert!(used.contains("  advertiseAddress: '10.0.0.10'\n"), "the host's address: {used}");
+    assert!(
+        used.contains("clusterName: edge\n") && used.contains("  podSubnet: 10.244.0.0/16\n"),
+        "--config merged: {used}"
+    );
+    assert!(used.contains("imageRepository: sea.hub:5000\n"), "the image's: {used}");
+    assert!(!used.contains("kind: JoinConfiguration"), "{used}");
+    assert_eq!(
+        fs::read_to_string(host.root.join("root/.kube/config")).unwrap(),
+        fs::read_to_string(host.root.join("etc/kubernetes/admin.conf")).unwrap()
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &fs::metadata(host.root.join("root/.kube/config")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let saved = kubeferry_installer::install::kubeadm_init::saved_join_commands(&host, "example").unwrap();
+    assert_eq!(saved, standin_join());
+
+    // uninstall: kubeadm reset, with the certificates and etcd's data kept.
+    let report = uninstall::run(&host, "example", &UninstallOptions::default())
+        .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
+    assert!(
+        calls().ends_with("kubeadm reset -f\n") || calls().contains("kubeadm reset -f\nkubectl"),
+        "{}",
+        calls()
+    );
+    assert_eq!(fs::read_to_string(host.root.join("etc/kubernetes/pki/ca.crt")).unwrap(), "stand-in CA\n");
+    assert_eq!(
+        fs::read_to_string(host.root.join("var/lib/etcd/member/snap")).unwrap(),
+        "stand-in etcd data\n"
+    );
+    assert!(!host.root.join("etc/kubernetes/admin.conf").exists(), "reset removed it");
+    assert!(!host.root.join("etc/kubernetes/kubeadm-kubeferry.yaml").exists(), "kubeferry's file, removed");
+    assert!(!host.root.join("root/.kube").exists());
+    assert!(!host.root.join("usr/bin/kubeadm").exists());
+    for kept in ["/etc/kubernetes", "/var/lib/etcd", "/var/lib/kubelet", "/var/lib/containerd"] {
+        assert!(report.kept.contains(&PathBuf::from(kept)), "{kept}: {:?}", report.kept);
+    }
+    // What is left is the cluster's data alone.
+    let left = diff(&before, &snapshot(&host.root));
+    for line in left.lines() {
+        assert!(
+            ["+ etc/kubernetes", "+ var/lib/etcd", "+ var/lib/kubelet", "+ var/lib/containerd"]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "{line}\n{left}"
+        );
+    }
 }

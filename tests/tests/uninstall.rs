@@ -13,12 +13,9 @@ use kubeferry_tests::*;
 
 fn config() -> InstallConfig {
     InstallConfig {
-        rootfs_dir: "/var/lib/kubeferry/example/rootfs".into(),
-        registry_domain: "sea.hub".into(),
         registry_port: kubeferry_tests::images::free_addr().port(),
-        registry_address: "127.0.0.1".into(),
-        systemd_cgroup: true,
-        fail_after: None,
+        advertise_address: Some("10.0.0.10".into()),
+        ..InstallConfig::new("example", "example-v1.20.2-linux-amd64.run")
     }
 }
 

@@ -4,8 +4,9 @@
 //! nothing.
 //!
 //! One file per concern: [`state`] (the receipt, the lock, the recording host), and one module
-//! per step that is more than a call into another module: [`registry`], [`kubernetes`].
+//! per step that is more than a call into another module: [`registry`], [`kubernetes`], [`kubeadm_init`].
 
+pub mod kubeadm_init;
 pub mod kubernetes;
 pub mod registry;
 pub mod state;
@@ -87,7 +88,10 @@ impl StepId {
 
     /// Whether this version of kubeferry carries the step out.
     pub fn implemented(self) -> bool {
-        matches!(self, StepId::Extract | StepId::Runtime | StepId::Registry | StepId::Kubernetes)
+        matches!(
+            self,
+            StepId::Extract | StepId::Runtime | StepId::Registry | StepId::Kubernetes | StepId::KubeadmInit
+        )
     }
 }
 
@@ -112,6 +116,33 @@ pub struct InstallConfig {
     pub systemd_cgroup: bool,
     /// Stop with an error right after this step has been recorded (for tests of resuming).
     pub fail_after: Option<StepId>,
+    /// The API server's address (`--advertise-address`); else the address of the interface of
+    /// the default route.
+    pub advertise_address: Option<String>,
+    /// The user's kubeadm configuration (`--config`), merged over the image's.
+    pub kubeadm_config: Option<PathBuf>,
+    /// The command run after the manifests are applied (`--cmd`), instead of the image's.
+    pub cmd: Option<String>,
+    /// The bundle as the user runs it (`edge-v1.20.2-linux-amd64.run`), for the join commands.
+    pub bundle_file: String,
+}
+
+impl InstallConfig {
+    /// The defaults of the command line for a bundle named `name` in the file `bundle_file`.
+    pub fn new(name: &str, bundle_file: &str) -> InstallConfig {
+        InstallConfig {
+            rootfs_dir: state_dir(name).join("rootfs"),
+            registry_domain: crate::kubeadm::DEFAULT_REGISTRY_DOMAIN.into(),
+            registry_port: crate::kubeadm::DEFAULT_REGISTRY_PORT,
+            registry_address: "127.0.0.1".into(),
+            systemd_cgroup: true,
+            fail_after: None,
+            advertise_address: None,
+            kubeadm_config: None,
+            cmd: None,
+            bundle_file: bundle_file.into(),
+        }
+    }
 }
 
 /// The plan: every step, what it does, and whether an earlier run finished it.
@@ -153,6 +184,8 @@ pub enum Outcome {
     AlreadyDone,
     /// The implemented steps are done; the named ones are not in this version.
     StoppedBefore(Vec<StepId>),
+    /// Every step is done, some by this run; with the join commands `kubeadm init` gave.
+    Installed(Option<crate::kubeadm::JoinCommands>),
 }
 
 /// Computes the plan for a verified bundle, reading the state of an earlier run.
@@ -181,7 +214,16 @@ pub fn plan(host: &dyn Host, verified: &Verified, config: &InstallConfig) -> Res
                     "put {rootfs}/bin/* (kubeadm, kubelet, kubectl, ...) into {KUBERNETES_BIN_DIR}, \
                      with the kubelet unit, kernel modules and sysctls, and enable the kubelet"
                 ),
-                StepId::KubeadmInit => "render etc/kubeadm.yml, merge --config, run kubeadm init".into(),
+                StepId::KubeadmInit => format!(
+                    "render etc/kubeadm.yml{} into {}, run kubeadm init --upload-certs (without kubeadm's \
+                     preflight, and without CoreDNS unless registry/ holds it), copy admin.conf to {}",
+                    match &config.kubeadm_config {
+                        Some(path) => format!(" with '{}' merged over it", path.display()),
+                        None => String::new(),
+                    },
+                    kubeadm_init::CONFIG,
+                    kubeadm_init::ROOT_KUBECONFIG
+                ),
                 StepId::Applications => "apply manifests/ and run the image's CMD".into(),
             },
         })
@@ -264,6 +306,7 @@ pub fn run(
     })?;
 
     let rootfs = host.path(&config.rootfs_dir);
+    let mut ran = false;
     for step in StepId::ALL {
         if host.state().done.contains(&step) {
             host.log(&format!("step {step}: done by an earlier run"));
@@ -275,7 +318,9 @@ pub fn run(
             return Ok(Outcome::StoppedBefore(rest));
         }
         host.log(&format!("step {step}: start"));
+        let retry = host.state().running == Some(step);
         host.update(|state| state.running = Some(step))?;
+        ran = true;
         match step {
             StepId::Extract => {
                 host.record(&config.rootfs_dir)?;
@@ -292,6 +337,13 @@ pub fn run(
             }
             StepId::Registry => registry::start(host, bundle, &rootfs, config)?,
             StepId::Kubernetes => kubernetes::install(host, &rootfs, reporter)?,
+            StepId::KubeadmInit => {
+                let bundled = kubeadm_init::Bundled {
+                    name: &manifest.name,
+                    kubernetes_version: manifest.kubernetes_version.as_deref(),
+                };
+                kubeadm_init::run(host, &rootfs, config, &bundled, retry)?;
+            }
             _ => {}
         }
         host.update(|state| {
@@ -308,7 +360,11 @@ pub fn run(
             });
         }
     }
-    Ok(Outcome::AlreadyDone)
+    if ran {
+        Ok(Outcome::Installed(kubeadm_init::saved_join_commands(host, &manifest.name)))
+    } else {
+        Ok(Outcome::AlreadyDone)
+    }
 }
 
 #[cfg(test)]
@@ -354,6 +410,10 @@ mod tests {
             registry_address: "127.0.0.1".into(),
             systemd_cgroup: true,
             fail_after: None,
+            advertise_address: None,
+            kubeadm_config: None,
+            cmd: None,
+            bundle_file: "edge.run".into(),
         }
     }
 
