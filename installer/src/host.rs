@@ -204,8 +204,13 @@ impl Host for SystemHost {
 /// Runs a command, logging its command line and output to `host`'s log; a failure names the
 /// command, its exit status, the tail of its output and `log_path`.
 pub fn run_logged(host: &dyn Host, command: &mut Command, log_path: &Path) -> Result<String> {
-    let shown = format!("{command:?}");
-    host.log(&format!("$ {shown}"));
+    // The program and its arguments; the log has the working directory and environment too.
+    let shown = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| format!("{part:?}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    host.log(&format!("$ {command:?}"));
     let output = command.output().map_err(|e| Error::Command {
         command: shown.clone(),
         status: "could not start".into(),

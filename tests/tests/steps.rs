@@ -90,7 +90,8 @@ fn install_resumes_after_a_failure_at_each_step_and_uninstall_undoes_it() {
         let config = InstallConfig { fail_after: None, ..config };
         let outcome = install::run(&host, &bundle, &verified, &config, &Silent)
             .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
-        assert_eq!(outcome, finished(true));
+        // Nothing is left to run when the failure came after the last step.
+        assert_eq!(outcome, finished(failing != StepId::Applications));
         let log = host.log_text();
         for step in implemented() {
             assert_eq!(log.matches(&format!("step {step}: start")).count(), 1, "{step} ran once:\n{log}");
@@ -187,10 +188,11 @@ fn a_rootfs_without_kubeadm_is_refused_by_name() {
     assert!(!host.root.join("usr").exists(), "nothing written");
 }
 
-/// kubeadm init with the image's configuration and the user's `--config` merged over it;
-/// a failed init is reset and run again; uninstall resets the cluster and keeps its data.
+/// kubeadm init with the image's configuration and the user's `--config` merged over it; a
+/// failed init is reset and run again; the manifests applied in order and the image's CMD run
+/// (a failing `--cmd` first); uninstall resets the cluster and keeps its data.
 #[test]
-fn kubeadm_init_runs_with_the_merged_configuration_and_gives_the_join_commands() {
+fn kubeadm_init_with_config_then_the_applications_with_the_images_cmd() {
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = kubernetes_rootfs(tmp.path());
     let (bundle, verified) = open_bundle(tmp.path(), &rootfs);
@@ -222,11 +224,40 @@ fn kubeadm_init_runs_with_the_merged_configuration_and_gives_the_join_commands()
         &user,
         "apiVersion: kubeadm.k8s.io/v1beta2\nkind: ClusterConfiguration\nclusterName: edge\nnetworking:\n  podSubnet: 10.244.0.0/16\n",
     );
+    // ... and a --cmd that fails: kubeadm init is done, the applications step is not.
+    let failing = InstallConfig { cmd: Some("echo failing on purpose >&2; exit 3".into()), ..config.clone() };
+    let err = install::run(&host, &bundle, &verified, &failing, &Silent).unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with("\"sh\" \"-c\" \"echo failing on purpose >&2; exit 3\" failed (exit status: 3)"),
+        "{shown}"
+    );
+    assert!(shown.ends_with(":\nfailing on purpose"), "{shown}");
+    let state = install::load_state(&host, "example").unwrap().unwrap();
+    assert!(state.done.contains(&StepId::KubeadmInit) && state.running == Some(StepId::Applications));
+
+    // The image's own CMD, from its Kubefile.
     let outcome = install::run(&host, &bundle, &verified, &config, &Silent)
         .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
-    if StepId::Applications.implemented() {
-        assert_eq!(outcome, Outcome::Installed(Some(standin_join())));
+    assert_eq!(outcome, Outcome::Installed(Some(standin_join())));
+    let rootfs_dir = host.root.join("var/lib/kubeferry/example/rootfs");
+    let admin = host.root.join("etc/kubernetes/admin.conf");
+    let kubectl_calls: Vec<String> =
+        calls().lines().filter(|l| l.starts_with("kubectl ")).map(str::to_string).collect();
+    let apply = |file: &str| {
+        format!("kubectl --kubeconfig {} apply -f {}", admin.display(), rootfs_dir.join(file).display())
+    };
+    let cmd = |command: &str| {
+        format!("kubectl {command} (KUBECONFIG={}, in {})", admin.display(), rootfs_dir.display())
+    };
+    // Twice: the failed run applied them before its --cmd failed.
+    assert_eq!(kubectl_calls.len(), 6, "{kubectl_calls:#?}");
+    for (i, file) in ["manifests/10-namespace.yaml", "manifests/app/20-config.yaml"].iter().enumerate() {
+        assert!(kubectl_calls[i].starts_with(&apply(file)), "{kubectl_calls:#?}");
+        assert!(kubectl_calls[i + 2].starts_with(&apply(file)), "{kubectl_calls:#?}");
     }
+    assert_eq!(kubectl_calls[4], cmd("get nodes"));
+    assert_eq!(kubectl_calls[5], cmd("apply -f manifests/10-namespace.yaml"));
     let calls_after_init = calls();
     let kubeadm_calls: Vec<&str> = calls_after_init.lines().filter(|l| l.starts_with("kubeadm ")).collect();
     let init = format!(
@@ -261,11 +292,7 @@ fn kubeadm_init_runs_with_the_merged_configuration_and_gives_the_join_commands()
     // uninstall: kubeadm reset, with the certificates and etcd's data kept.
     let report = uninstall::run(&host, "example", &UninstallOptions::default())
         .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
-    assert!(
-        calls().ends_with("kubeadm reset -f\n") || calls().contains("kubeadm reset -f\nkubectl"),
-        "{}",
-        calls()
-    );
+    assert!(calls().ends_with("kubeadm reset -f\n"), "{}", calls());
     assert_eq!(fs::read_to_string(host.root.join("etc/kubernetes/pki/ca.crt")).unwrap(), "stand-in CA\n");
     assert_eq!(
         fs::read_to_string(host.root.join("var/lib/etcd/member/snap")).unwrap(),

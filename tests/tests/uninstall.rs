@@ -1,5 +1,5 @@
 //! `status` and `uninstall` after a real install (real containerd and kubeferry's registry from the example
-//! bundle) under a test root: the root is compared, entry by entry, with what it held before.
+//! bundle; STAND-IN kubeadm, kubelet and kubectl) under a test root: the root is compared, entry by entry, with what it held before.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -22,7 +22,8 @@ fn config() -> InstallConfig {
 #[test]
 fn uninstall_purge_leaves_the_host_as_it_was_and_finishes_when_run_again() {
     let tmp = tempfile::tempdir().unwrap();
-    let (bundle, verified) = open_bundle(tmp.path(), example_rootfs());
+    // Every step, with the STAND-IN kubeadm, kubelet and kubectl (see STANDIN_KUBEADM).
+    let (bundle, verified) = open_bundle(tmp.path(), &kubernetes_rootfs(tmp.path()));
     let host = RootedHost::new(&tmp.path().join("host"));
     host_skeleton(&host.root);
     // The host has a runc of its own where the install puts the bundle's: it comes back.
@@ -34,7 +35,8 @@ fn uninstall_purge_leaves_the_host_as_it_was_and_finishes_when_run_again() {
         .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
     assert!(host.service_active("containerd.service") && host.service_active("kubeferry-registry.service"));
     let state = install::load_state(&host, "example").unwrap().unwrap();
-    assert_eq!(state.services, ["containerd.service", "kubeferry-registry.service"]);
+    assert_eq!(state.services, ["containerd.service", "kubeferry-registry.service", "kubelet.service"]);
+    assert!(host.root.join("etc/kubernetes/pki/ca.crt").is_file() && host.root.join("var/lib/etcd").is_dir());
     assert_eq!(state.backups.len(), 1, "{:?}", state.backups);
     assert_eq!(state.backups[0].path, std::path::Path::new("/usr/local/bin/runc"));
     assert!(state.files.iter().any(|f| f == std::path::Path::new("/etc/containerd/config.toml")));
@@ -50,6 +52,12 @@ fn uninstall_purge_leaves_the_host_as_it_was_and_finishes_when_run_again() {
     let report = uninstall::run(&host, "example", &UninstallOptions { purge: true, fail_after: None })
         .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
     assert!(report.installed && report.kept.is_empty(), "{report:?}");
+    let calls = fs::read_to_string(tmp.path().join("host.logs/standin-calls")).unwrap();
+    assert_eq!(
+        calls.matches("kubeadm reset -f").count(),
+        1,
+        "kubeadm went with the first run's files: {calls}"
+    );
 
     let after = snapshot(&host.root);
     let diff: Vec<String> = before

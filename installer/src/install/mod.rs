@@ -4,8 +4,10 @@
 //! nothing.
 //!
 //! One file per concern: [`state`] (the receipt, the lock, the recording host), and one module
-//! per step that is more than a call into another module: [`registry`], [`kubernetes`], [`kubeadm_init`].
+//! per step that is more than a call into another module: [`registry`], [`kubernetes`], [`kubeadm_init`],
+//! [`applications`].
 
+pub mod applications;
 pub mod kubeadm_init;
 pub mod kubernetes;
 pub mod registry;
@@ -86,12 +88,9 @@ impl StepId {
         }
     }
 
-    /// Whether this version of kubeferry carries the step out.
+    /// Whether this version of kubeferry carries the step out (every step, since this version).
     pub fn implemented(self) -> bool {
-        matches!(
-            self,
-            StepId::Extract | StepId::Runtime | StepId::Registry | StepId::Kubernetes | StepId::KubeadmInit
-        )
+        true
     }
 }
 
@@ -224,7 +223,17 @@ pub fn plan(host: &dyn Host, verified: &Verified, config: &InstallConfig) -> Res
                     kubeadm_init::CONFIG,
                     kubeadm_init::ROOT_KUBECONFIG
                 ),
-                StepId::Applications => "apply manifests/ and run the image's CMD".into(),
+                StepId::Applications => format!(
+                    "apply {rootfs}/{}/**/*.yaml in order with kubectl, then run {}",
+                    applications::MANIFESTS,
+                    match &config.cmd {
+                        Some(cmd) => format!("the image's ENTRYPOINT and '{cmd}' (--cmd)"),
+                        None => format!(
+                            "the image's ENTRYPOINT and CMD (from {rootfs}/{})",
+                            applications::KUBEFILE
+                        ),
+                    }
+                ),
             },
         })
         .collect();
@@ -344,7 +353,7 @@ pub fn run(
                 };
                 kubeadm_init::run(host, &rootfs, config, &bundled, retry)?;
             }
-            _ => {}
+            StepId::Applications => applications::run(host, &rootfs, config)?,
         }
         host.update(|state| {
             state.running = None;
@@ -453,6 +462,6 @@ mod tests {
     fn the_plan_prints_every_step_and_what_is_done() {
         let text = plan_with(&[StepId::Extract]).to_string();
         assert!(text.starts_with(" 1. extract       [done] \n 2. runtime       [todo] \n"), "{text}");
-        assert!(text.contains(" 6. applications  [not in this version] \n"), "{text}");
+        assert!(text.contains(" 6. applications  [todo] \n"), "{text}");
     }
 }
