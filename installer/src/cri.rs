@@ -307,6 +307,21 @@ mod tests {
         fn stop_service(&self, _: &str) -> Result<()> {
             unreachable!("rendering stops nothing")
         }
+        fn enable_service(&self, _: &str) -> Result<()> {
+            unreachable!("rendering enables nothing")
+        }
+        fn service_active(&self, _: &str) -> bool {
+            unreachable!("rendering asks nothing")
+        }
+        fn reload_units(&self) -> Result<()> {
+            unreachable!("rendering reloads nothing")
+        }
+        fn load_module(&self, _: &str) -> Result<()> {
+            unreachable!("rendering loads nothing")
+        }
+        fn apply_sysctls(&self, _: &Path) -> Result<()> {
+            unreachable!("rendering applies nothing")
+        }
         fn log(&self, line: &str) {
             self.1.lock().unwrap().push(line.to_string());
         }
@@ -347,6 +362,21 @@ mod tests {
                 unreachable!()
             }
             fn stop_service(&self, _: &str) -> Result<()> {
+                unreachable!()
+            }
+            fn enable_service(&self, _: &str) -> Result<()> {
+                unreachable!()
+            }
+            fn service_active(&self, _: &str) -> bool {
+                unreachable!()
+            }
+            fn reload_units(&self) -> Result<()> {
+                unreachable!()
+            }
+            fn load_module(&self, _: &str) -> Result<()> {
+                unreachable!()
+            }
+            fn apply_sysctls(&self, _: &Path) -> Result<()> {
                 unreachable!()
             }
             fn log(&self, _: &str) {}

@@ -30,6 +30,35 @@ pub trait Host: Send + Sync {
     /// Stops and disables `unit`; a unit that is not there is not an error.
     fn stop_service(&self, unit: &str) -> Result<()>;
 
+    /// Reloads the unit files and enables `unit` without starting it (the kubelet: `kubeadm
+    /// init` starts it).
+    fn enable_service(&self, unit: &str) -> Result<()>;
+
+    /// Whether `unit` is running.
+    fn service_active(&self, unit: &str) -> bool;
+
+    /// Makes the service manager forget unit files that were removed.
+    fn reload_units(&self) -> Result<()>;
+
+    /// Loads a kernel module now (`modprobe NAME`).
+    fn load_module(&self, name: &str) -> Result<()>;
+
+    /// Applies the kernel parameters of one sysctl file now (`sysctl -p FILE`; `file` is a host
+    /// path as [`Host::path`] gives it).
+    fn apply_sysctls(&self, file: &Path) -> Result<()>;
+
+    /// Called by [`write_file`] before it puts `target` (a host path) in place: a recording host
+    /// moves a file that is not its own aside here, to put it back on uninstall.
+    fn will_write(&self, _target: &Path) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called by [`write_file`] once `target` is in place: a recording host notes it for
+    /// uninstall.
+    fn wrote(&self, _target: &Path) -> Result<()> {
+        Ok(())
+    }
+
     /// Appends a line to the install log.
     fn log(&self, line: &str);
 }
@@ -55,9 +84,38 @@ pub fn write_file(host: &dyn Host, target: &Path, bytes: &[u8], mode: u32) -> Re
     file.write_all(bytes).map_err(Error::io("write", &partial))?;
     file.set_permissions(fs::Permissions::from_mode(mode)).map_err(Error::io("set the mode of", &partial))?;
     file.sync_all().map_err(Error::io("sync", &partial))?;
+    host.will_write(target)?;
     fs::rename(&partial, &path).map_err(Error::io("rename into place", &path))?;
     host.log(&format!("wrote {} ({} bytes, mode {mode:o})", target.display(), bytes.len()));
-    Ok(())
+    host.wrote(target)
+}
+
+/// Copies the file `source` (a path of this process) to the host's `target` as [`write_file`]
+/// does, streaming it rather than holding it in memory (a kubelet is 100 MiB and more).
+pub fn copy_file(host: &dyn Host, source: &Path, target: &Path, mode: u32) -> Result<()> {
+    let path = host.path(target);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
+    }
+    let partial = path.with_file_name(format!(
+        ".{}.kubeferry-partial",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let _ = fs::remove_file(&partial);
+    let mut from = fs::File::open(source).map_err(Error::io("open", source))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&partial)
+        .map_err(Error::io("create", &partial))?;
+    let bytes = std::io::copy(&mut from, &mut file).map_err(Error::io("copy into", &partial))?;
+    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(Error::io("set the mode of", &partial))?;
+    file.sync_all().map_err(Error::io("sync", &partial))?;
+    host.will_write(target)?;
+    fs::rename(&partial, &path).map_err(Error::io("rename into place", &path))?;
+    host.log(&format!("wrote {} ({bytes} bytes from {}, mode {mode:o})", target.display(), source.display()));
+    host.wrote(target)
 }
 
 /// The real host, with its install log.
@@ -113,6 +171,27 @@ impl Host for SystemHost {
         Ok(())
     }
 
+    fn enable_service(&self, unit: &str) -> Result<()> {
+        self.run(Command::new("systemctl").arg("daemon-reload"))?;
+        self.run(Command::new("systemctl").args(["enable", unit])).map(|_| ())
+    }
+
+    fn service_active(&self, unit: &str) -> bool {
+        Command::new("systemctl").args(["is-active", "--quiet", unit]).status().is_ok_and(|s| s.success())
+    }
+
+    fn reload_units(&self) -> Result<()> {
+        self.run(Command::new("systemctl").arg("daemon-reload")).map(|_| ())
+    }
+
+    fn load_module(&self, name: &str) -> Result<()> {
+        self.run(Command::new("modprobe").arg(name)).map(|_| ())
+    }
+
+    fn apply_sysctls(&self, file: &Path) -> Result<()> {
+        self.run(Command::new("sysctl").arg("-p").arg(file)).map(|_| ())
+    }
+
     fn log(&self, line: &str) {
         if let Ok(mut guard) = self.log.lock()
             && let Some(file) = guard.as_mut()
@@ -125,8 +204,13 @@ impl Host for SystemHost {
 /// Runs a command, logging its command line and output to `host`'s log; a failure names the
 /// command, its exit status, the tail of its output and `log_path`.
 pub fn run_logged(host: &dyn Host, command: &mut Command, log_path: &Path) -> Result<String> {
-    let shown = format!("{command:?}");
-    host.log(&format!("$ {shown}"));
+    // The program and its arguments; the log has the working directory and environment too.
+    let shown = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| format!("{part:?}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    host.log(&format!("$ {command:?}"));
     let output = command.output().map_err(|e| Error::Command {
         command: shown.clone(),
         status: "could not start".into(),

@@ -29,9 +29,11 @@ pub mod preflight;
 pub mod progress;
 pub mod reader;
 pub mod registry;
+pub mod status;
 mod stream;
 pub mod trailer;
 pub mod trust;
+pub mod uninstall;
 
 pub use error::{Error, Result};
 pub use stream::StreamOptions;

@@ -85,11 +85,31 @@ enum Command {
         /// The bundled registry's port (sealos: registryPort).
         #[arg(long, default_value_t = 5000)]
         registry_port: u16,
+        /// kubeadm configuration documents merged over the image's, by kind, field by field.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The command run after the manifests are applied, instead of the image's CMD.
+        #[arg(long, value_name = "COMMAND")]
+        cmd: Option<String>,
         /// Print the plan (every step, and which an earlier run finished) and change nothing.
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
         trust: TrustArgs,
+    },
+    /// Undo the install of this bundle: kubeadm reset, the services, every file it wrote; keeps
+    /// the cluster's data (/etc/kubernetes, /var/lib/etcd, ...) unless --purge.
+    Uninstall {
+        /// Remove the cluster's data too: certificates, etcd, the kubelet's and containerd's data.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// What is installed from this bundle, its versions, and the health of its services and
+    /// registry (exit code 0 healthy, 1 not healthy or not installed).
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve a registry storage directory read-only over the OCI distribution API, until
     /// stopped (the bundled registry's service runs this).
@@ -160,10 +180,15 @@ fn main() -> ExitCode {
             advertise_address,
             registry_domain,
             registry_port,
+            config,
+            cmd,
             dry_run,
             trust,
         }) => {
             let options = InstallArgs {
+                config: config.as_deref(),
+                cmd: cmd.as_deref(),
+                shown: &shown,
                 rootfs_dir: rootfs_dir.as_deref(),
                 ignore_preflight,
                 advertise_address: *advertise_address,
@@ -172,6 +197,19 @@ fn main() -> ExitCode {
                 dry_run: *dry_run,
             };
             (format!("could not install '{shown}'"), install(&file, &options, trust, &term))
+        }
+        Some(Command::Uninstall { purge }) => {
+            (format!("could not uninstall '{shown}'"), uninstall(&file, *purge, &term))
+        }
+        Some(Command::Status { json }) => {
+            return match status(&file, *json) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    print_error(&format!("could not read the status of '{shown}'"), &e, e.hint());
+                    ExitCode::from(1)
+                }
+            };
         }
         Some(Command::ServeRegistry(args)) => {
             let context = format!("could not serve the registry in '{}'", args.root.display());
@@ -226,7 +264,9 @@ fn summary(file: &Path, shown: &str) -> Result<(), Error> {
          verify   check the signature and every byte of this file\n  \
          list     list the files this bundle holds\n  \
          extract  verify, then unpack the rootfs into a directory\n  \
-         install  verify, check this host, unpack and install Kubernetes\n\n\
+         install  verify, check this host, unpack and install Kubernetes\n  \
+         status   what is installed, and whether it is healthy\n  \
+         uninstall  undo the install (--purge: the cluster's data too)\n\n\
          Trust: --trusted-key FILE, --key-fingerprint SHA256:..., or keys in {TRUSTED_KEYS_DIR}/\n\
          Run './{shown} COMMAND --help' for a command's options."
     );
@@ -298,6 +338,9 @@ fn serve_registry(args: &ServeRegistryArgs, term: &Terminal) -> Result<(), Regis
 
 /// The install's options, apart from trust.
 struct InstallArgs<'a> {
+    config: Option<&'a Path>,
+    cmd: Option<&'a str>,
+    shown: &'a str,
     rootfs_dir: Option<&'a Path>,
     ignore_preflight: &'a [String],
     advertise_address: Option<std::net::IpAddr>,
@@ -335,6 +378,10 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
         fail_after: std::env::var(FAIL_AFTER_ENV)
             .ok()
             .and_then(|name| StepId::ALL.into_iter().find(|s| s.name() == name)),
+        advertise_address: args.advertise_address.map(|a| a.to_string()),
+        kubeadm_config: args.config.map(Path::to_path_buf),
+        cmd: args.cmd.map(str::to_string),
+        bundle_file: args.shown.to_string(),
     };
     let plan = install::plan(&SystemHost::read_only(), &verified, &config)?;
     if args.dry_run {
@@ -358,6 +405,18 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
             term.say("this node is installed already: nothing to do");
             Ok(())
         }
+        Outcome::Installed(join) => {
+            term.say(&format!("installed '{}' {}", m.name, m.version));
+            if let Some(join) = join {
+                println!(
+                    "To join a worker node, run there:\n  {}\n  (or: {})\n\n\
+                     To join a control-plane node, run there:\n  {}\n  (or: {})\n\n\
+                     The token is valid for 24 hours; 'kubeadm token create --print-join-command' makes a new one.",
+                    join.kubeferry_worker, join.worker, join.kubeferry_control_plane, join.control_plane
+                );
+            }
+            Ok(())
+        }
         Outcome::StoppedBefore(missing) => {
             let names = |steps: &mut dyn Iterator<Item = StepId>| {
                 steps.map(|s| s.name()).collect::<Vec<_>>().join(", ")
@@ -368,6 +427,57 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
             })
         }
     }
+}
+
+/// Prints the status of this bundle's install; whether it is healthy.
+fn status(file: &Path, json: bool) -> Result<bool, Error> {
+    let name = Bundle::open(file)?.manifest_unverified()?.name;
+    match kubeferry_installer::status::gather(&SystemHost::read_only(), &name)? {
+        Some(status) if json => {
+            println!("{:#}", serde_json::json!({"installed": true, "status": status}));
+            Ok(status.healthy)
+        }
+        Some(status) => {
+            print!("{status}");
+            Ok(status.healthy)
+        }
+        None if json => {
+            println!("{:#}", serde_json::json!({"installed": false, "name": name}));
+            Ok(false)
+        }
+        None => {
+            println!("'{name}' is not installed on this host");
+            Ok(false)
+        }
+    }
+}
+
+/// Undoes the install recorded for this bundle's name. The bundle is read only for its name:
+/// what is undone is what the state file records.
+fn uninstall(file: &Path, purge: bool, term: &Terminal) -> Result<(), Error> {
+    use kubeferry_installer::uninstall::{self, Phase, UninstallOptions};
+    let name = Bundle::open(file)?.manifest_unverified()?.name;
+    let options = UninstallOptions {
+        purge,
+        fail_after: std::env::var(FAIL_AFTER_ENV)
+            .ok()
+            .and_then(|name| Phase::ALL.into_iter().find(|p| p.name() == name)),
+    };
+    let host = SystemHost::new(&install::state_dir(&name).join("install.log"))?;
+    let report = uninstall::run(&host, &name, &options)?;
+    if !report.installed {
+        term.say(&format!("'{name}' is not installed on this host: nothing to do"));
+        return Ok(());
+    }
+    term.say(&format!(
+        "uninstalled '{name}': {} files and directories removed, {} put back as they were",
+        report.removed, report.restored
+    ));
+    if !report.kept.is_empty() {
+        let kept: Vec<String> = report.kept.iter().map(|p| p.display().to_string()).collect();
+        term.say(&format!("kept the cluster's data (uninstall --purge removes it): {}", kept.join(", ")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -230,26 +230,43 @@ pub fn example_rootfs() -> &'static Path {
 }
 
 /// A target host kept below a root directory, for tests. Paths map below the root; commands
-/// run as they are. It stands in for systemd, and only for systemd: starting a unit runs the
-/// unit file's `ExecStart` (as the install wrote it) in a private mount namespace, with its
-/// output in `ROOT/var/log/UNIT.log`, and stopping it kills that process.
+/// run as they are. It stands in for systemd and for the kernel, and only for them: starting a
+/// unit runs the unit file's `ExecStart` (as the install wrote it) in a private mount
+/// namespace, with its output in `ROOT/var/log/UNIT.log`, and stopping it kills that process;
+/// enabling a unit is recorded in [`RootedHost::enabled`]; loading a module or applying sysctls
+/// is recorded in [`RootedHost::kernel`] and not done, since it would change the machine that
+/// runs the tests.
 #[derive(Debug)]
 pub struct RootedHost {
     /// The root directory.
     pub root: PathBuf,
     log_path: PathBuf,
     services: std::sync::Mutex<Vec<(String, std::process::Child)>>,
+    /// Units enabled (not started), for the tests to look at.
+    pub enabled: std::sync::Mutex<Vec<String>>,
+    /// Kernel changes asked for (`modprobe NAME`, `sysctl -p FILE`): recorded, not made.
+    pub kernel: std::sync::Mutex<Vec<String>>,
 }
 
 impl RootedHost {
     /// A host below `root` (created).
     pub fn new(root: &Path) -> RootedHost {
-        fs::create_dir_all(root.join("var/log")).unwrap();
+        fs::create_dir_all(root).unwrap();
+        fs::create_dir_all(Self::logs_of(root)).unwrap();
         RootedHost {
             root: root.to_path_buf(),
-            log_path: root.join("var/log/kubeferry-install.log"),
+            log_path: Self::logs_of(root).join("kubeferry-install.log"),
             services: Default::default(),
+            enabled: Default::default(),
+            kernel: Default::default(),
         }
+    }
+
+    /// The test host's own logs (the install's, the services' output) are kept beside the root,
+    /// so that the root holds only what the code under test wrote.
+    fn logs_of(root: &Path) -> PathBuf {
+        let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        root.with_file_name(format!("{name}.logs"))
     }
 
     /// The install log.
@@ -259,7 +276,7 @@ impl RootedHost {
 
     /// A service's output.
     pub fn service_log(&self, unit: &str) -> String {
-        fs::read_to_string(self.root.join(format!("var/log/{unit}.log"))).unwrap_or_default()
+        fs::read_to_string(Self::logs_of(&self.root).join(format!("{unit}.log"))).unwrap_or_default()
     }
 }
 
@@ -280,7 +297,7 @@ impl kubeferry_installer::host::Host for RootedHost {
             .find_map(|l| l.trim().strip_prefix("ExecStart="))
             .unwrap_or_else(|| panic!("no ExecStart in '{}'", file.display()));
         let argv: Vec<&str> = exec.split_whitespace().collect();
-        let out = fs::File::create(self.root.join(format!("var/log/{unit}.log"))).unwrap();
+        let out = fs::File::create(Self::logs_of(&self.root).join(format!("{unit}.log"))).unwrap();
         let child = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "--"])
             .args(&argv)
@@ -303,6 +320,34 @@ impl kubeferry_installer::host::Host for RootedHost {
         Ok(())
     }
 
+    fn enable_service(&self, unit: &str) -> kubeferry_installer::Result<()> {
+        kubeferry_installer::host::Host::log(self, &format!("enabled {unit}"));
+        self.enabled.lock().unwrap().push(unit.to_string());
+        Ok(())
+    }
+
+    fn service_active(&self, unit: &str) -> bool {
+        self.services
+            .lock()
+            .unwrap()
+            .iter_mut()
+            .any(|(name, child)| name == unit && matches!(child.try_wait(), Ok(None)))
+    }
+
+    fn reload_units(&self) -> kubeferry_installer::Result<()> {
+        Ok(())
+    }
+
+    fn load_module(&self, name: &str) -> kubeferry_installer::Result<()> {
+        self.kernel.lock().unwrap().push(format!("modprobe {name}"));
+        Ok(())
+    }
+
+    fn apply_sysctls(&self, file: &Path) -> kubeferry_installer::Result<()> {
+        self.kernel.lock().unwrap().push(format!("sysctl -p {}", file.display()));
+        Ok(())
+    }
+
     fn log(&self, line: &str) {
         use std::io::Write;
         let mut file = fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
@@ -317,4 +362,161 @@ impl Drop for RootedHost {
             let _ = child.wait();
         }
     }
+}
+
+/// Makes `root` look like a host before anything is installed: the system's directories, an
+/// `/etc/hosts` with the loopback names.
+pub fn host_skeleton(root: &Path) {
+    for dir in kubeferry_installer::uninstall::SYSTEM_DIRS {
+        fs::create_dir_all(root.join(dir.trim_start_matches('/'))).unwrap();
+    }
+    write(&root.join("etc/hosts"), "127.0.0.1 localhost\n::1 localhost ip6-localhost\n");
+}
+
+/// A signed bundle of `rootfs` named `example` (stub for amd64) built in `dir`, opened and
+/// verified.
+pub fn open_bundle(
+    dir: &Path,
+    rootfs: &Path,
+) -> (kubeferry_installer::reader::Bundle, kubeferry_installer::reader::Verified) {
+    use kubeferry_installer::reader::Bundle;
+    use kubeferry_installer::trust::Trust;
+    let (key, public) = keygen(dir, "release");
+    let out = ok(kubeferry()
+        .args(["build", "--quiet", "--name", "example", "--version", "v1.20.2", "-o"])
+        .arg(dir.join("dist"))
+        .arg("--key")
+        .arg(&key)
+        .arg(format!("--stub=amd64={}", stub_bin().display()))
+        .arg(rootfs));
+    let bundle = Bundle::open(Path::new(out.trim())).unwrap();
+    let verified = bundle.authenticate(&Trust::from_sources(&[public], &[], false, false).unwrap()).unwrap();
+    (bundle, verified)
+}
+
+/// STAND-IN kubeadm, for tests only. The real kubeadm 1.20 cannot be run here (it is being built
+/// from Debian's source for the air-gapped VM test, which is where the real end-to-end proof
+/// belongs): this shell script records how it was called and answers as kubeadm does, no more.
+/// It finds the test root from its own path (`ROOT/usr/bin/kubeadm`) and writes its record in
+/// `ROOT.logs/` beside it (where [`RootedHost`] keeps its logs), so the root holds only what a
+/// real kubeadm would write:
+/// - `init --config FILE ...`: records the arguments and a copy of FILE; writes a fake
+///   `etc/kubernetes/admin.conf`, `pki/ca.crt`, a static pod manifest, `var/lib/etcd/member/`
+///   and `var/lib/kubelet/config.yaml`; prints kubeadm 1.20's closing text with its two join
+///   commands. Exits 1 when FILE contains `standin-fail`.
+/// - `reset -f`: records; deletes what `init` wrote, as kubeadm reset does (pki and etcd's data
+///   too).
+/// - `version -o short`: `v1.20.2`.
+pub const STANDIN_KUBEADM: &str = r#"#!/bin/sh
+# STAND-IN kubeadm for kubeferry's tests: not Kubernetes. See kubeferry_tests::STANDIN_KUBEADM.
+set -e
+root=$(cd "$(dirname "$0")/../.." && pwd)
+logs="$root.logs"
+mkdir -p "$logs"
+echo "kubeadm $*" >>"$logs/standin-calls"
+case "$1" in
+  init)
+    config=""
+    for arg in "$@"; do
+      case "$prev" in --config) config="$arg" ;; esac
+      prev="$arg"
+    done
+    cp "$config" "$logs/kubeadm-init.yaml"
+    if grep -q standin-fail "$config"; then
+      echo "error execution phase wait-control-plane: couldn't initialize a Kubernetes cluster" >&2
+      exit 1
+    fi
+    mkdir -p "$root/etc/kubernetes/pki" "$root/etc/kubernetes/manifests" "$root/var/lib/etcd/member" "$root/var/lib/kubelet"
+    printf 'apiVersion: v1\nkind: Config\nclusters: []\n# stand-in admin.conf\n' >"$root/etc/kubernetes/admin.conf"
+    echo "stand-in CA" >"$root/etc/kubernetes/pki/ca.crt"
+    echo "kind: Pod" >"$root/etc/kubernetes/manifests/kube-apiserver.yaml"
+    echo "stand-in etcd data" >"$root/var/lib/etcd/member/snap"
+    echo "kind: KubeletConfiguration" >"$root/var/lib/kubelet/config.yaml"
+    cat <<'OUT'
+[init] Using Kubernetes version: v1.20.2
+[addons] Applied essential addon: kube-proxy
+
+Your Kubernetes control-plane has initialized successfully!
+
+To start using your cluster, you need to run the following as a regular user:
+
+  mkdir -p $HOME/.kube
+  sudo cp -i /etc/kubernetes/admin.conf $HOME/.kube/config
+  sudo chown $(id -u):$(id -g) $HOME/.kube/config
+
+You can now join any number of the control-plane node running the following command on each as root:
+
+  kubeadm join 10.0.0.10:6443 --token abcdef.0123456789abcdef \
+    --discovery-token-ca-cert-hash sha256:2f1b5aa0c4a14a2e4a1f4b5c6d7e8f90112233445566778899aabbccddeeff00 \
+    --control-plane --certificate-key 0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff1
+
+Please note that the certificate-key gives access to cluster sensitive data, keep it secret!
+
+Then you can join any number of worker nodes by running the following on each as root:
+
+kubeadm join 10.0.0.10:6443 --token abcdef.0123456789abcdef \
+    --discovery-token-ca-cert-hash sha256:2f1b5aa0c4a14a2e4a1f4b5c6d7e8f90112233445566778899aabbccddeeff00 
+OUT
+    ;;
+  reset)
+    rm -rf "$root/etc/kubernetes/manifests" "$root/etc/kubernetes/pki" "$root/var/lib/etcd"
+    rm -f "$root/etc/kubernetes/admin.conf" "$root/etc/kubernetes/kubelet.conf"
+    rm -rf "$root/var/lib/kubelet/"*
+    echo "[reset] stand-in reset done"
+    ;;
+  version) echo "v1.20.2" ;;
+  *) echo "stand-in kubeadm: '$1' is not part of the stand-in" >&2; exit 1 ;;
+esac
+"#;
+
+/// STAND-IN kubectl, for tests only (see [`STANDIN_KUBEADM`] for why): records each call with
+/// its `KUBECONFIG` and working directory in `ROOT.logs/standin-calls`, and for `apply -f FILE`
+/// a line naming FILE's first `name:`. Exits 1 for a file that contains `standin-fail`.
+pub const STANDIN_KUBECTL: &str = r#"#!/bin/sh
+# STAND-IN kubectl for kubeferry's tests: not Kubernetes. See kubeferry_tests::STANDIN_KUBECTL.
+root=$(cd "$(dirname "$0")/../.." && pwd)
+logs="$root.logs"
+mkdir -p "$logs"
+echo "kubectl $* (KUBECONFIG=$KUBECONFIG, in $(pwd))" >>"$logs/standin-calls"
+prev=""
+for arg in "$@"; do
+  if [ "$prev" = "-f" ]; then
+    if grep -q standin-fail "$arg"; then echo "error: stand-in refuses $arg" >&2; exit 1; fi
+    echo "applied $(basename "$arg")"
+  fi
+  prev="$arg"
+done
+"#;
+
+/// STAND-IN kubelet, for tests only (see [`STANDIN_KUBEADM`] for why): it only says its
+/// version; the tests never start it.
+pub const STANDIN_KUBELET: &str =
+    "#!/bin/sh\n# STAND-IN kubelet for kubeferry's tests.\necho \"Kubernetes v1.20.2\"\n";
+
+/// The example rootfs with the STAND-IN kubeadm, kubelet and kubectl in `bin/` (see
+/// [`STANDIN_KUBEADM`]), two manifests and a Kubefile `CMD`, copied into `dir/rootfs`.
+pub fn kubernetes_rootfs(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    must(Command::new("cp").arg("-a").arg(example_rootfs()).arg(&rootfs), "cp -a");
+    for (name, text) in
+        [("kubeadm", STANDIN_KUBEADM), ("kubectl", STANDIN_KUBECTL), ("kubelet", STANDIN_KUBELET)]
+    {
+        let path = rootfs.join("bin").join(name);
+        write(&path, text);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    write(
+        &rootfs.join("manifests/10-namespace.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: edge\n",
+    );
+    write(
+        &rootfs.join("manifests/app/20-config.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n  namespace: edge\n",
+    );
+    let kubefile = fs::read_to_string(rootfs.join("Kubefile")).unwrap();
+    write(
+        &rootfs.join("Kubefile"),
+        kubefile + "CMD [\"kubectl get nodes\", \"kubectl apply -f manifests/10-namespace.yaml\"]\n",
+    );
+    rootfs
 }

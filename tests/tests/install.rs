@@ -1,5 +1,6 @@
-//! `install` on this host, with the real stub: preflight refusals with their exact messages.
-//! (The runtime, registry and kubeadm steps are not implemented yet.)
+//! `install` and `status` on this host, with the real stub: preflight refusals with their exact
+//! messages, the plan, the status of a bundle not installed. (The steps themselves run under a
+//! test root: `steps.rs`, `uninstall.rs`.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{Ipv4Addr, TcpListener};
@@ -83,11 +84,22 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
             " 1. extract       [todo] unpack the verified rootfs into '{r}'\n \
              2. runtime       [todo] install containerd from {r}/cri/containerd.tar.gz into /usr/local/bin, pulling from sea.hub:5000, and start it\n \
              3. registry      [todo] serve {r}/registry on sea.hub:5000 (sea.hub -> 127.0.0.1) as kubeferry-registry.service\n \
-             4. kubernetes    [not in this version] put kubeadm, kubelet and kubectl from bin/ in place, with the kubelet unit\n \
-             5. kubeadm-init  [not in this version] render etc/kubeadm.yml, merge --config, run kubeadm init\n \
-             6. applications  [not in this version] apply manifests/ and run the image's CMD\n",
+             4. kubernetes    [todo] put {r}/bin/* (kubeadm, kubelet, kubectl, ...) into /usr/bin, with the kubelet unit, kernel modules and sysctls, and enable the kubelet\n \
+             5. kubeadm-init  [todo] render etc/kubeadm.yml into /etc/kubernetes/kubeadm-kubeferry.yaml, run kubeadm init --upload-certs (without kubeadm's preflight, and without CoreDNS unless registry/ holds it), copy admin.conf to /root/.kube/config\n \
+             6. applications  [todo] apply {r}/manifests/**/*.yaml in order with kubectl, then run the image's ENTRYPOINT and CMD (from {r}/Kubefile)\n",
             r = rootfs.display()
         )
     );
     assert!(!f.dir.join("node").exists(), "nothing was written");
+}
+
+#[test]
+fn status_of_a_bundle_that_is_not_installed() {
+    let f = fixture();
+    let (code, stdout, stderr) = run(Command::new(&f.bundle).args(["status", "--json"]));
+    assert_eq!(code, 1, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json, serde_json::json!({"installed": false, "name": "edge"}));
+    let (code, stdout, _) = run(Command::new(&f.bundle).arg("status"));
+    assert_eq!((code, stdout.as_str()), (1, "'edge' is not installed on this host\n"));
 }

@@ -2,33 +2,48 @@
 //! lock, each finished step recorded in a state file so that a run after a failure, a reboot
 //! or Ctrl-C resumes at the step that did not finish, and a run on a finished node changes
 //! nothing.
+//!
+//! One file per concern: [`state`] (the receipt, the lock, the recording host), and one module
+//! per step that is more than a call into another module: [`registry`], [`kubernetes`], [`kubeadm_init`],
+//! [`applications`].
+
+pub mod applications;
+pub mod kubeadm_init;
+pub mod kubernetes;
+pub mod registry;
+pub mod state;
 
 use std::fmt;
-use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::cri::{self, RuntimeSettings};
 use crate::error::{Error, Result};
 use crate::extract::{self, ExtractOptions};
-use crate::host::{Host, write_file};
+use crate::host::Host;
 use crate::manifest::Digest;
 use crate::preflight::{CONTROL_PLANE_PORTS, MIN_CPUS, MIN_MEMORY_MIB, Requirements};
 use crate::progress::Reporter;
 use crate::reader::{Bundle, Verified};
-use crate::registry;
 
-/// Where kubeferry keeps each installed bundle's rootfs, state and log.
-pub const STATE_ROOT: &str = "/var/lib/kubeferry";
+pub use state::{STATE_ROOT, State, load_state, state_dir};
+
 /// The installed copy of the stub that runs the registry service.
 pub const REGISTRY_BINARY: &str = "/usr/local/lib/kubeferry/kubeferry-stub";
 /// The registry service's unit.
 pub const REGISTRY_UNIT_NAME: &str = "kubeferry-registry.service";
 /// The registry service's unit file.
 pub const REGISTRY_UNIT: &str = "/etc/systemd/system/kubeferry-registry.service";
+/// Where the Kubernetes executables of the rootfs's `bin/` go: kubeadm's kubelet drop-in, the
+/// upstream kubelet unit and sealer's scripts all name `/usr/bin/kubelet`.
+pub const KUBERNETES_BIN_DIR: &str = "/usr/bin";
+
+/// The host path of a Kubernetes executable the install puts in place.
+pub fn kubernetes_bin(name: &str) -> PathBuf {
+    Path::new(KUBERNETES_BIN_DIR).join(name)
+}
+
 /// The marker of the line kubeferry adds to /etc/hosts.
 pub const HOSTS_MARKER: &str = "# added by kubeferry";
 
@@ -73,9 +88,9 @@ impl StepId {
         }
     }
 
-    /// Whether this version of kubeferry carries the step out.
+    /// Whether this version of kubeferry carries the step out (every step, since this version).
     pub fn implemented(self) -> bool {
-        matches!(self, StepId::Extract | StepId::Runtime | StepId::Registry)
+        true
     }
 }
 
@@ -100,6 +115,33 @@ pub struct InstallConfig {
     pub systemd_cgroup: bool,
     /// Stop with an error right after this step has been recorded (for tests of resuming).
     pub fail_after: Option<StepId>,
+    /// The API server's address (`--advertise-address`); else the address of the interface of
+    /// the default route.
+    pub advertise_address: Option<String>,
+    /// The user's kubeadm configuration (`--config`), merged over the image's.
+    pub kubeadm_config: Option<PathBuf>,
+    /// The command run after the manifests are applied (`--cmd`), instead of the image's.
+    pub cmd: Option<String>,
+    /// The bundle as the user runs it (`edge-v1.20.2-linux-amd64.run`), for the join commands.
+    pub bundle_file: String,
+}
+
+impl InstallConfig {
+    /// The defaults of the command line for a bundle named `name` in the file `bundle_file`.
+    pub fn new(name: &str, bundle_file: &str) -> InstallConfig {
+        InstallConfig {
+            rootfs_dir: state_dir(name).join("rootfs"),
+            registry_domain: crate::kubeadm::DEFAULT_REGISTRY_DOMAIN.into(),
+            registry_port: crate::kubeadm::DEFAULT_REGISTRY_PORT,
+            registry_address: "127.0.0.1".into(),
+            systemd_cgroup: true,
+            fail_after: None,
+            advertise_address: None,
+            kubeadm_config: None,
+            cmd: None,
+            bundle_file: bundle_file.into(),
+        }
+    }
 }
 
 /// The plan: every step, what it does, and whether an earlier run finished it.
@@ -134,25 +176,6 @@ impl fmt::Display for Plan {
     }
 }
 
-/// What is recorded after each step.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct State {
-    /// SHA-256 of the manifest of the bundle being installed.
-    pub bundle: String,
-    /// The bundle's name and version.
-    pub name: String,
-    /// Steps finished, in order.
-    pub done: Vec<StepId>,
-    /// Every file the install wrote, as host paths (for uninstall).
-    pub files: Vec<PathBuf>,
-}
-
-/// Where the state of the bundle `name` lives (a host path).
-pub fn state_dir(name: &str) -> PathBuf {
-    Path::new(STATE_ROOT).join(name)
-}
-
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -160,6 +183,8 @@ pub enum Outcome {
     AlreadyDone,
     /// The implemented steps are done; the named ones are not in this version.
     StoppedBefore(Vec<StepId>),
+    /// Every step is done, some by this run; with the join commands `kubeadm init` gave.
+    Installed(Option<crate::kubeadm::JoinCommands>),
 }
 
 /// Computes the plan for a verified bundle, reading the state of an earlier run.
@@ -184,11 +209,31 @@ pub fn plan(host: &dyn Host, verified: &Verified, config: &InstallConfig) -> Res
                     "serve {rootfs}/registry on {registry} ({} -> {}) as {REGISTRY_UNIT_NAME}",
                     config.registry_domain, config.registry_address
                 ),
-                StepId::Kubernetes => {
-                    "put kubeadm, kubelet and kubectl from bin/ in place, with the kubelet unit".into()
-                }
-                StepId::KubeadmInit => "render etc/kubeadm.yml, merge --config, run kubeadm init".into(),
-                StepId::Applications => "apply manifests/ and run the image's CMD".into(),
+                StepId::Kubernetes => format!(
+                    "put {rootfs}/bin/* (kubeadm, kubelet, kubectl, ...) into {KUBERNETES_BIN_DIR}, \
+                     with the kubelet unit, kernel modules and sysctls, and enable the kubelet"
+                ),
+                StepId::KubeadmInit => format!(
+                    "render etc/kubeadm.yml{} into {}, run kubeadm init --upload-certs (without kubeadm's \
+                     preflight, and without CoreDNS unless registry/ holds it), copy admin.conf to {}",
+                    match &config.kubeadm_config {
+                        Some(path) => format!(" with '{}' merged over it", path.display()),
+                        None => String::new(),
+                    },
+                    kubeadm_init::CONFIG,
+                    kubeadm_init::ROOT_KUBECONFIG
+                ),
+                StepId::Applications => format!(
+                    "apply {rootfs}/{}/**/*.yaml in order with kubectl, then run {}",
+                    applications::MANIFESTS,
+                    match &config.cmd {
+                        Some(cmd) => format!("the image's ENTRYPOINT and '{cmd}' (--cmd)"),
+                        None => format!(
+                            "the image's ENTRYPOINT and CMD (from {rootfs}/{})",
+                            applications::KUBEFILE
+                        ),
+                    }
+                ),
             },
         })
         .collect();
@@ -258,18 +303,10 @@ pub fn run(
     reporter: &dyn Reporter,
 ) -> Result<Outcome> {
     let manifest = &verified.manifest;
-    let dir = host.path(&state_dir(&manifest.name));
-    fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
-    let lock_path = dir.join("install.lock");
-    let lock_file = File::create(&lock_path).map_err(Error::io("create", &lock_path))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| Error::Io {
-        action: "lock",
-        path: lock_path.clone(),
-        source: std::io::Error::other("another kubeferry install is running on this host"),
-    })?;
+    let _lock = state::lock(host, &manifest.name)?;
 
     let digest = Digest::of(bundle.manifest_bytes()).to_string();
-    let mut state = match load_state(host, &manifest.name)? {
+    let state = match load_state(host, &manifest.name)? {
         Some(state) if state.bundle != digest => {
             return Err(Error::Io {
                 action: "install over",
@@ -287,23 +324,34 @@ pub fn run(
             ..State::default()
         },
     };
+    let recorder = state::Recorder::new(host, &manifest.name, state);
+    let host = &recorder;
+    host.update(|state| {
+        state.rootfs_dir = Some(config.rootfs_dir.clone());
+        state.registry = Some(format!("{}:{}", config.registry_domain, config.registry_port));
+    })?;
 
     let rootfs = host.path(&config.rootfs_dir);
+    let mut ran = false;
     for step in StepId::ALL {
-        if state.done.contains(&step) {
+        if host.state().done.contains(&step) {
             host.log(&format!("step {step}: done by an earlier run"));
             continue;
         }
         if !step.implemented() {
-            let rest = StepId::ALL.into_iter().filter(|s| !state.done.contains(s)).collect();
+            let done = host.state().done;
+            let rest = StepId::ALL.into_iter().filter(|s| !done.contains(s)).collect();
             return Ok(Outcome::StoppedBefore(rest));
         }
         host.log(&format!("step {step}: start"));
-        let files = match step {
+        let retry = host.state().running == Some(step);
+        host.update(|state| state.running = Some(step))?;
+        ran = true;
+        match step {
             StepId::Extract => {
+                host.record(&config.rootfs_dir)?;
                 let options = ExtractOptions { replace: true, ..ExtractOptions::default() };
                 extract::extract(bundle, verified, &rootfs, &options, reporter)?;
-                vec![config.rootfs_dir.clone()]
             }
             StepId::Runtime => {
                 let settings = RuntimeSettings {
@@ -311,14 +359,24 @@ pub fn run(
                     systemd_cgroup: config.systemd_cgroup,
                     sandbox_image: None,
                 };
-                cri::install_containerd(host, &rootfs, &settings)?.files
+                cri::install_containerd(host, &rootfs, &settings)?;
             }
-            StepId::Registry => start_registry(host, bundle, &rootfs, config)?,
-            _ => Vec::new(),
-        };
-        state.done.push(step);
-        state.files.extend(files);
-        save_state(host, &manifest.name, &state)?;
+            StepId::Registry => registry::start(host, bundle, &rootfs, config)?,
+            StepId::Kubernetes => kubernetes::install(host, &rootfs, reporter)?,
+            StepId::KubeadmInit => {
+                let bundled = kubeadm_init::Bundled {
+                    name: &manifest.name,
+                    kubernetes_version: manifest.kubernetes_version.as_deref(),
+                };
+                kubeadm_init::run(host, &rootfs, config, &bundled, retry)?;
+            }
+            StepId::Applications => applications::run(host, &rootfs, config)?,
+        }
+        host.update(|state| {
+            state.running = None;
+            state.done.push(step);
+            state.finished.insert(step, state::now());
+        })?;
         host.log(&format!("step {step}: done"));
         if config.fail_after == Some(step) {
             return Err(Error::Io {
@@ -328,83 +386,11 @@ pub fn run(
             });
         }
     }
-    Ok(Outcome::AlreadyDone)
-}
-
-/// Installs a copy of the stub, maps the registry domain in /etc/hosts, and starts the
-/// registry service over the rootfs's registry/; waits until `/v2/` and an image answer.
-fn start_registry(
-    host: &dyn Host,
-    bundle: &Bundle,
-    rootfs: &Path,
-    config: &InstallConfig,
-) -> Result<Vec<PathBuf>> {
-    let stub_len = usize::try_from(bundle.trailer().stub_len).map_err(|_| Error::NotABundle)?;
-    let mut stub = vec![0u8; stub_len];
-    std::os::unix::fs::FileExt::read_exact_at(bundle.file(), &mut stub, 0)
-        .map_err(Error::io("read", bundle.path()))?;
-    write_file(host, Path::new(REGISTRY_BINARY), &stub, 0o755)?;
-
-    let hosts_path = host.path(Path::new("/etc/hosts"));
-    let current = fs::read_to_string(&hosts_path).unwrap_or_default();
-    let line = format!("{} {} {HOSTS_MARKER}", config.registry_address, config.registry_domain);
-    if !current.lines().any(|l| l == line) {
-        let mut text = current.clone();
-        if !text.is_empty() && !text.ends_with('\n') {
-            text.push('\n');
-        }
-        text.push_str(&line);
-        text.push('\n');
-        write_file(host, Path::new("/etc/hosts"), text.as_bytes(), 0o644)?;
+    if ran {
+        Ok(Outcome::Installed(kubeadm_init::saved_join_commands(host, &manifest.name)))
+    } else {
+        Ok(Outcome::AlreadyDone)
     }
-
-    let storage = rootfs.join("registry");
-    fs::create_dir_all(&storage).map_err(Error::io("create", &storage))?;
-    let unit = format!(
-        "# The bundled registry, written by kubeferry.\n[Unit]\nDescription=kubeferry registry (read-only)\n\
-         After=network.target\n\n[Service]\nExecStart={} serve-registry --root {} --listen 0.0.0.0:{}\n\
-         Restart=always\nRestartSec=2\n\n[Install]\nWantedBy=multi-user.target\n",
-        host.path(Path::new(REGISTRY_BINARY)).display(),
-        storage.display(),
-        config.registry_port
-    );
-    write_file(host, Path::new(REGISTRY_UNIT), unit.as_bytes(), 0o644)?;
-    host.start_service(REGISTRY_UNIT_NAME)?;
-
-    let probe = registry::list_images(&storage).ok().and_then(|images| images.into_iter().next());
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], config.registry_port));
-    let host_header = format!("{}:{}", config.registry_domain, config.registry_port);
-    registry::wait_ready(
-        addr,
-        &host_header,
-        probe.as_ref().map(|i| (i.repository.as_str(), i.tag.as_str())),
-        Duration::from_secs(30),
-    )
-    .map_err(|e| Error::Io {
-        action: "reach the registry on",
-        path: PathBuf::from(addr.to_string()),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    host.log(&format!("the registry answers on {addr}"));
-    Ok(vec![REGISTRY_BINARY.into(), REGISTRY_UNIT.into()])
-}
-
-fn load_state(host: &dyn Host, name: &str) -> Result<Option<State>> {
-    let path = host.path(&state_dir(name).join("state.json"));
-    match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Io {
-            action: "read the install state in",
-            path,
-            source: std::io::Error::other(e),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read", &path)(e)),
-    }
-}
-
-fn save_state(host: &dyn Host, name: &str, state: &State) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::io("write", "state.json")(e.into()))?;
-    write_file(host, &state_dir(name).join("state.json"), &bytes, 0o600)
 }
 
 #[cfg(test)]
@@ -442,6 +428,10 @@ mod tests {
             registry_address: "127.0.0.1".into(),
             systemd_cgroup: true,
             fail_after: None,
+            advertise_address: None,
+            kubeadm_config: None,
+            cmd: None,
+            bundle_file: "edge.run".into(),
         }
     }
 
@@ -483,6 +473,6 @@ mod tests {
     fn the_plan_prints_every_step_and_what_is_done() {
         let text = plan_with(&[StepId::Extract]).to_string();
         assert!(text.starts_with(" 1. extract       [done] \n 2. runtime       [todo] \n"), "{text}");
-        assert!(text.contains(" 6. applications  [not in this version] \n"), "{text}");
+        assert!(text.contains(" 6. applications  [todo] \n"), "{text}");
     }
 }

@@ -1,0 +1,265 @@
+//! The kubeadm-init step: the image's kubeadm configuration rendered with the install's facts
+//! and merged with the user's `--config` ([`crate::kubeadm`]), written to [`CONFIG`]; `kubeadm
+//! init` run with it; `admin.conf` copied for root; and the exact join commands for workers and
+//! control planes, read from kubeadm's output and kept for the user.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{IpAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{InstallConfig, kubernetes_bin};
+use crate::error::{Error, Result};
+use crate::host::{Host, copy_file, write_file};
+use crate::kubeadm::{self, JoinCommands, JoinParams, Values};
+use crate::registry;
+
+/// The configuration `kubeadm init` runs with.
+pub const CONFIG: &str = "/etc/kubernetes/kubeadm-kubeferry.yaml";
+/// The cluster's administrator kubeconfig, as kubeadm writes it.
+pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
+/// root's kubeconfig.
+pub const ROOT_KUBECONFIG: &str = "/root/.kube/config";
+/// The file, in the state directory, that keeps the join commands (they hold a bootstrap token
+/// and the certificate key: mode 0600).
+pub const JOIN_FILE: &str = "join-commands.json";
+
+/// The image's configuration files, the first found.
+const IMAGE_CONFIGS: [&str; 2] = ["etc/kubeadm.yml.tmpl", "etc/kubeadm.yml"];
+
+/// kubeadm's own preflight is skipped: kubeferry's has checked the host (with the user's
+/// `--ignore-preflight`, which kubeadm's would not know), and kubeadm 1.20's fails hard on its
+/// image pull without crictl, which Debian does not have.
+const SKIP_ALWAYS: &str = "preflight";
+
+/// What the install needs to know of the bundle for this step.
+#[derive(Debug, Clone)]
+pub struct Bundled<'a> {
+    /// The state directory's name (the bundle's name).
+    pub name: &'a str,
+    /// The Kubernetes version the manifest records.
+    pub kubernetes_version: Option<&'a str>,
+}
+
+/// Carries the step out. `retry`: an earlier run started `kubeadm init` and did not finish,
+/// so `kubeadm reset -f` runs first.
+pub fn run(
+    host: &dyn Host,
+    rootfs: &Path,
+    config: &InstallConfig,
+    bundled: &Bundled<'_>,
+    retry: bool,
+) -> Result<Option<JoinCommands>> {
+    let kubeadm = host.path(&kubernetes_bin("kubeadm"));
+    let rendered = configuration(rootfs, config, bundled.kubernetes_version)?;
+    write_file(host, Path::new(CONFIG), rendered.as_bytes(), 0o600)?;
+
+    if retry {
+        host.log("kubeadm init started before and did not finish: kubeadm reset -f first");
+        host.run(Command::new(&kubeadm).args(["reset", "-f"]))?;
+    }
+    let skip = skipped_phases(rootfs);
+    let output = host.run(
+        Command::new(&kubeadm)
+            .arg("init")
+            .arg("--config")
+            .arg(host.path(Path::new(CONFIG)))
+            .arg(format!("--skip-phases={skip}"))
+            .arg("--upload-certs"),
+    )?;
+
+    let admin = host.path(Path::new(ADMIN_CONF));
+    if !admin.is_file() {
+        return Err(Error::Io {
+            action: "find the kubeconfig kubeadm init writes,",
+            path: admin,
+            source: std::io::Error::other("kubeadm init ended without writing it"),
+        });
+    }
+    copy_file(host, &admin, Path::new(ROOT_KUBECONFIG), 0o600)?;
+
+    let join = match join_params(&output, &config.bundle_file) {
+        Some(params) => Some(params),
+        None => {
+            // Not in kubeadm's output (another version's wording): ask for a new token.
+            let printed =
+                host.run(Command::new(&kubeadm).args(["token", "create", "--print-join-command"]))?;
+            join_params(&printed, &config.bundle_file)
+        }
+    };
+    let Some(params) = join else {
+        host.log("no join command in kubeadm's output: see 'kubeadm token create --print-join-command'");
+        return Ok(None);
+    };
+    let commands = kubeadm::join_commands(&params).map_err(|e| Error::Io {
+        action: "read the join commands of",
+        path: kubeadm.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    let saved = serde_json::json!({
+        "worker": commands.worker,
+        "control_plane": commands.control_plane,
+        "kubeferry_worker": commands.kubeferry_worker,
+        "kubeferry_control_plane": commands.kubeferry_control_plane,
+    });
+    let bytes = serde_json::to_vec_pretty(&saved).map_err(|e| Error::io("write", JOIN_FILE)(e.into()))?;
+    write_file(host, &super::state_dir(bundled.name).join(JOIN_FILE), &bytes, 0o600)?;
+    Ok(Some(commands))
+}
+
+/// The join commands an earlier run kept, if any.
+pub fn saved_join_commands(host: &dyn Host, name: &str) -> Option<JoinCommands> {
+    let bytes = fs::read(host.path(&super::state_dir(name).join(JOIN_FILE))).ok()?;
+    let saved: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let field = |key: &str| saved.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    Some(JoinCommands {
+        worker: field("worker")?,
+        control_plane: field("control_plane")?,
+        kubeferry_worker: field("kubeferry_worker")?,
+        kubeferry_control_plane: field("kubeferry_control_plane")?,
+    })
+}
+
+/// The configuration for `kubeadm init`: the image's file (or kubeferry's default) rendered
+/// with the install's facts, the user's `--config` merged over it, `JoinConfiguration` left out.
+pub fn configuration(
+    rootfs: &Path,
+    config: &InstallConfig,
+    kubernetes_version: Option<&str>,
+) -> Result<String> {
+    let (template, source) = match IMAGE_CONFIGS.iter().map(|p| rootfs.join(p)).find(|p| p.is_file()) {
+        Some(path) => (fs::read_to_string(&path).map_err(Error::io("read", &path))?, path),
+        None => (
+            kubeadm::default_config().to_string(),
+            PathBuf::from("kubeferry's default kubeadm configuration"),
+        ),
+    };
+    let advertise = match &config.advertise_address {
+        Some(address) => address.clone(),
+        None => default_address().map(|a| a.to_string()).unwrap_or_default(),
+    };
+    let env = BTreeMap::from([
+        ("registryDomain".to_string(), config.registry_domain.clone()),
+        ("registryPort".to_string(), config.registry_port.to_string()),
+    ]);
+    let kubeadm_error = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |e: kubeadm::KubeadmError| Error::Io { action, path, source: std::io::Error::other(e) }
+    };
+    let mut values = Values::new(env, advertise).map_err(kubeadm_error("render", &source))?;
+    values.kubernetes_version = kubernetes_version.map(str::to_string);
+    values.cgroup_driver = if config.systemd_cgroup { "systemd" } else { "cgroupfs" }.into();
+    let mut rendered = kubeadm::render(&template, &values).map_err(kubeadm_error("render", &source))?;
+    if let Some(user) = &config.kubeadm_config {
+        let text = fs::read_to_string(user).map_err(Error::io("read", user))?;
+        rendered = kubeadm::merge(&rendered, &text)
+            .map_err(kubeadm_error("merge the kubeadm configuration", user))?;
+    }
+    kubeadm::init_config(&rendered).map_err(kubeadm_error("render", &source))
+}
+
+/// The phases of `kubeadm init` skipped: its preflight always, and the CoreDNS addon when the
+/// bundled registry holds no CoreDNS image to run it from.
+pub fn skipped_phases(rootfs: &Path) -> String {
+    let has_coredns = registry::list_images(&rootfs.join("registry"))
+        .map(|images| images.iter().any(|i| i.repository.rsplit('/').next() == Some("coredns")))
+        .unwrap_or(false);
+    if has_coredns { SKIP_ALWAYS.to_string() } else { format!("{SKIP_ALWAYS},addon/coredns") }
+}
+
+/// The address of the interface the default route leaves by: the API server's address when
+/// `--advertise-address` is not given. Nothing is sent: connecting a UDP socket only picks the
+/// route.
+pub fn default_address() -> Option<IpAddr> {
+    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let address = socket.local_addr().ok()?.ip();
+    (!address.is_unspecified()).then_some(address)
+}
+
+/// The join parameters in kubeadm's output (`kubeadm init` or `kubeadm token create
+/// --print-join-command`): the lines from `kubeadm join`, with their `\` continuations.
+pub fn join_params(output: &str, bundle: &str) -> Option<JoinParams> {
+    let joined = output.replace("\\\n", " ");
+    let mut params: Option<JoinParams> = None;
+    for line in joined.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(at) = words.windows(2).position(|w| w == ["kubeadm", "join"]) else {
+            continue;
+        };
+        let words = &words[at + 2..];
+        let value = |flag: &str| words.windows(2).find(|w| w[0] == flag).map(|w| w[1].to_string());
+        let (Some(server), Some(token), Some(hash)) =
+            (words.first(), value("--token"), value("--discovery-token-ca-cert-hash"))
+        else {
+            continue;
+        };
+        let key = value("--certificate-key");
+        match &mut params {
+            Some(found) => {
+                if found.certificate_key.is_none() {
+                    found.certificate_key = key;
+                }
+            }
+            None => {
+                params = Some(JoinParams {
+                    server: server.to_string(),
+                    token,
+                    ca_cert_hash: hash,
+                    certificate_key: key,
+                    bundle: bundle.to_string(),
+                })
+            }
+        }
+    }
+    params
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INIT_OUTPUT: &str = "Your Kubernetes control-plane has initialized successfully!
+
+You can now join any number of the control-plane node running the following command on each as root:
+
+  kubeadm join 10.0.0.10:6443 --token abcdef.0123456789abcdef \\
+    --discovery-token-ca-cert-hash sha256:2f1b5aa0c4a14a2e4a1f4b5c6d7e8f90112233445566778899aabbccddeeff00 \\
+    --control-plane --certificate-key 0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff1
+
+Then you can join any number of worker nodes by running the following on each as root:
+
+kubeadm join 10.0.0.10:6443 --token abcdef.0123456789abcdef \\
+    --discovery-token-ca-cert-hash sha256:2f1b5aa0c4a14a2e4a1f4b5c6d7e8f90112233445566778899aabbccddeeff00 
+";
+
+    #[test]
+    fn the_join_commands_of_kubeadm_init() {
+        let params = join_params(INIT_OUTPUT, "edge.run").unwrap();
+        assert_eq!(params.server, "10.0.0.10:6443");
+        assert_eq!(params.token, "abcdef.0123456789abcdef");
+        assert_eq!(
+            params.ca_cert_hash,
+            "sha256:2f1b5aa0c4a14a2e4a1f4b5c6d7e8f90112233445566778899aabbccddeeff00"
+        );
+        assert_eq!(
+            params.certificate_key.as_deref(),
+            Some("0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff1")
+        );
+        let commands = kubeadm::join_commands(&params).unwrap();
+        assert_eq!(
+            commands.kubeferry_worker,
+            "./edge.run join --server 10.0.0.10:6443 --token abcdef.0123456789abcdef --ca-cert-hash \
+             sha256:2f1b5aa0c4a14a2e4a1f4b5c6d7e8f90112233445566778899aabbccddeeff00"
+        );
+    }
+
+    #[test]
+    fn the_join_command_of_token_create() {
+        let printed = "kubeadm join 10.0.0.10:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:00 \n";
+        let params = join_params(printed, "edge.run").unwrap();
+        assert_eq!((params.token.as_str(), params.certificate_key), ("abcdef.0123456789abcdef", None));
+        assert!(join_params("nothing to see", "edge.run").is_none());
+    }
+}

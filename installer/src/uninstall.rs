@@ -1,0 +1,351 @@
+//! Undoing an install from its receipt (`state.json`): `kubeadm reset`, the services stopped
+//! and disabled, every file the install wrote removed and every file it replaced put back, its
+//! lines taken out of `/etc/hosts`, and, with `--purge`, the cluster's data too.
+//!
+//! # Order
+//!
+//! 1. [`Phase::Reset`]: `kubeadm reset -f` when `kubeadm init` started, while containerd still
+//!    runs (kubeadm removes the cluster's containers through it). Without `--purge` the cluster's
+//!    identity and data are kept: `/etc/kubernetes/pki` and `/var/lib/etcd`, which kubeadm
+//!    reset deletes, are moved aside for the reset and back after it.
+//! 2. [`Phase::Services`]: every unit the install enabled or started is stopped and disabled,
+//!    the last started first.
+//! 3. [`Phase::Files`]: every file and directory recorded is removed (the rootfs too: it is
+//!    kubeferry's), the last written first; every file the install replaced comes back from
+//!    the state directory's `backup/`; directories left empty are removed up to the system's
+//!    own ([`SYSTEM_DIRS`]).
+//! 4. [`Phase::Hosts`]: the lines marked `# added by kubeferry` leave `/etc/hosts`.
+//! 5. [`Phase::Data`]: the runtime's state in `/run` goes; with `--purge`, [`CLUSTER_DATA`] too.
+//! 6. [`Phase::State`]: the state directory, its log and its lock, last: an uninstall that
+//!    stops before this point can be run again and finishes the job.
+//!
+//! Every phase does what is left to do and skips what is done, so an uninstall interrupted at
+//! any point is run again to the end.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::install::state::{self, State};
+use crate::install::{StepId, registry};
+
+/// What `kubeadm init` and the runtime make that is the cluster's data rather than kubeferry's
+/// files: kept unless `--purge`.
+pub const CLUSTER_DATA: [&str; 9] = [
+    "/etc/kubernetes",
+    "/var/lib/etcd",
+    "/var/lib/kubelet",
+    "/var/lib/containerd",
+    "/var/lib/cni",
+    "/etc/cni/net.d",
+    "/root/.kube/cache",
+    "/var/log/pods",
+    "/var/log/containers",
+];
+
+/// What kubeadm reset deletes that is kept without `--purge`: the cluster's certificates and
+/// etcd's data, enough to bring the same cluster back.
+pub const KEPT_FROM_RESET: [&str; 2] = ["/etc/kubernetes/pki", "/var/lib/etcd"];
+
+/// Runtime state, gone with the services (a tmpfs on a real host).
+pub const RUNTIME_STATE: [&str; 1] = ["/run/containerd"];
+
+/// Directories of the system that uninstall never removes, even when it leaves them empty.
+pub const SYSTEM_DIRS: [&str; 22] = [
+    "/",
+    "/etc",
+    "/etc/systemd",
+    "/etc/systemd/system",
+    "/etc/sysctl.d",
+    "/etc/modules-load.d",
+    "/usr",
+    "/usr/bin",
+    "/usr/sbin",
+    "/usr/lib",
+    "/usr/local",
+    "/usr/local/bin",
+    "/usr/local/sbin",
+    "/usr/local/lib",
+    "/var",
+    "/var/lib",
+    "/var/log",
+    "/run",
+    "/opt",
+    "/root",
+    "/home",
+    "/tmp",
+];
+
+/// A phase of the uninstall, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `kubeadm reset`.
+    Reset,
+    /// Stop and disable the services.
+    Services,
+    /// Remove the files, put back the replaced ones.
+    Files,
+    /// kubeferry's lines out of /etc/hosts.
+    Hosts,
+    /// Runtime state, and the cluster's data with `--purge`.
+    Data,
+    /// The state directory.
+    State,
+}
+
+impl Phase {
+    /// Every phase, in order.
+    pub const ALL: [Phase; 6] =
+        [Phase::Reset, Phase::Services, Phase::Files, Phase::Hosts, Phase::Data, Phase::State];
+
+    /// Its name, for logs and for `KUBEFERRY_FAIL_AFTER`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Reset => "reset",
+            Phase::Services => "services",
+            Phase::Files => "files",
+            Phase::Hosts => "hosts",
+            Phase::Data => "data",
+            Phase::State => "state",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What uninstall is told.
+#[derive(Debug, Clone, Default)]
+pub struct UninstallOptions {
+    /// Remove the cluster's data too ([`CLUSTER_DATA`]).
+    pub purge: bool,
+    /// Stop with an error right after this phase (for tests of running it again).
+    pub fail_after: Option<Phase>,
+}
+
+/// What an uninstall did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Whether there was an install to undo.
+    pub installed: bool,
+    /// Files and directories removed.
+    pub removed: usize,
+    /// Files put back as they were before the install.
+    pub restored: usize,
+    /// The cluster data kept (host paths that exist), without `--purge`.
+    pub kept: Vec<PathBuf>,
+}
+
+/// Undoes the install of the bundle `name`, as the [module documentation](self) says.
+pub fn run(host: &dyn Host, name: &str, options: &UninstallOptions) -> Result<Report> {
+    let mut report = Report::default();
+    let Some(state) = state::load_state(host, name)? else {
+        // Nothing recorded: perhaps only the lock and log of an install that wrote nothing.
+        let dir = host.path(&state::state_dir(name));
+        if dir.exists() {
+            remove_path(host, &dir)?;
+            prune(host, &state::state_dir(name))?;
+        }
+        return Ok(report);
+    };
+    report.installed = true;
+    let lock = state::lock(host, name)?;
+    host.log(&format!("uninstall of {} (purge: {})", state.name, options.purge));
+
+    for phase in Phase::ALL {
+        host.log(&format!("uninstall {phase}: start"));
+        match phase {
+            Phase::Reset => reset(host, &state, options.purge)?,
+            Phase::Services => {
+                for unit in state.services.iter().rev() {
+                    host.stop_service(unit)?;
+                }
+            }
+            Phase::Files => {
+                let (removed, restored) = remove_files(host, &state)?;
+                report.removed += removed;
+                report.restored += restored;
+                host.reload_units()?;
+            }
+            Phase::Hosts => {
+                registry::remove_hosts_lines(host)?;
+            }
+            Phase::Data => {
+                let data: &[&str] = if options.purge { &CLUSTER_DATA } else { &[] };
+                for dir in RUNTIME_STATE.iter().chain(data) {
+                    let target = Path::new(dir);
+                    if fs::symlink_metadata(host.path(target)).is_ok() {
+                        remove_path(host, &host.path(target))?;
+                        report.removed += 1;
+                        prune(host, target)?;
+                    }
+                }
+                if !options.purge {
+                    report.kept =
+                        CLUSTER_DATA.iter().map(PathBuf::from).filter(|p| host.path(p).exists()).collect();
+                }
+            }
+            Phase::State => {
+                drop_state(host, name)?;
+            }
+        }
+        host.log(&format!("uninstall {phase}: done"));
+        if options.fail_after == Some(phase) {
+            return Err(Error::Io {
+                action: "go on after uninstall phase",
+                path: PathBuf::from(phase.name()),
+                source: std::io::Error::other("failure injected for a test (KUBEFERRY_FAIL_AFTER)"),
+            });
+        }
+    }
+    drop(lock);
+    Ok(report)
+}
+
+/// `kubeadm reset -f` when `kubeadm init` started and kubeadm is still there; without `purge`
+/// the certificates and etcd's data are moved aside for it and back after it.
+fn reset(host: &dyn Host, state: &State, purge: bool) -> Result<()> {
+    let kubeadm = host.path(&crate::install::kubernetes_bin("kubeadm"));
+    // Put back what an earlier, interrupted uninstall moved aside.
+    for kept in KEPT_FROM_RESET {
+        restore_kept(host, Path::new(kept))?;
+    }
+    let init_started =
+        state.done.contains(&StepId::KubeadmInit) || state.running == Some(StepId::KubeadmInit);
+    if !init_started || !kubeadm.is_file() {
+        return Ok(());
+    }
+    if !purge {
+        for kept in KEPT_FROM_RESET {
+            let path = host.path(Path::new(kept));
+            if path.exists() {
+                let aside = kept_path(&path);
+                fs::rename(&path, &aside).map_err(Error::io("move aside", &path))?;
+                host.log(&format!("kept {kept} out of kubeadm reset's way"));
+            }
+        }
+    }
+    let result = host.run(Command::new(&kubeadm).args(["reset", "-f"]));
+    for kept in KEPT_FROM_RESET {
+        restore_kept(host, Path::new(kept))?;
+    }
+    result.map(|_| ())
+}
+
+fn kept_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.kubeferry-kept"))
+}
+
+fn restore_kept(host: &dyn Host, target: &Path) -> Result<()> {
+    let path = host.path(target);
+    let aside = kept_path(&path);
+    if !aside.exists() {
+        return Ok(());
+    }
+    if path.exists() {
+        // kubeadm reset leaves the directory empty rather than gone on some versions.
+        remove_path(host, &path)?;
+    }
+    fs::rename(&aside, &path).map_err(Error::io("put back", &path))?;
+    host.log(&format!("put {} back", target.display()));
+    Ok(())
+}
+
+/// Removes every recorded file, last written first, and puts back every file the install
+/// replaced. (removed, restored)
+fn remove_files(host: &dyn Host, state: &State) -> Result<(usize, usize)> {
+    let mut removed = 0;
+    for target in state.files.iter().rev() {
+        let path = host.path(target);
+        // A replaced file whose original is back already (an earlier uninstall that stopped
+        // after this phase) is the host's again.
+        let put_back = state.backups.iter().any(|b| &b.path == target && !host.path(&b.saved).exists());
+        if put_back {
+            continue;
+        }
+        // An extraction that was killed leaves its staging directory beside the rootfs.
+        let leftovers = ["kubeferry-staging", "kubeferry-old"].map(|suffix| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            path.with_file_name(format!(".{name}.{suffix}"))
+        });
+        for candidate in leftovers.iter().chain(std::iter::once(&path)) {
+            if fs::symlink_metadata(candidate).is_ok() {
+                remove_path(host, candidate)?;
+                removed += 1;
+            }
+        }
+        // Also a file whose rename into place never happened.
+        let partial = path.with_file_name(format!(
+            ".{}.kubeferry-partial",
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+        if partial.exists() {
+            remove_path(host, &partial)?;
+        }
+        prune(host, target)?;
+    }
+    let mut restored = 0;
+    for backup in &state.backups {
+        let saved = host.path(&backup.saved);
+        if !saved.exists() {
+            continue;
+        }
+        let path = host.path(&backup.path);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
+        }
+        state::move_file(&saved, &path)?;
+        host.log(&format!("put {} back as it was before the install", backup.path.display()));
+        restored += 1;
+    }
+    Ok((removed, restored))
+}
+
+/// Removes a file, a link or a whole directory (a host path as [`Host::path`] gives it).
+fn remove_path(host: &dyn Host, path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("read", path)(e)),
+    };
+    if meta.is_dir() {
+        fs::remove_dir_all(path).map_err(Error::io("remove", path))?;
+    } else {
+        fs::remove_file(path).map_err(Error::io("remove", path))?;
+    }
+    host.log(&format!("removed {}", path.display()));
+    Ok(())
+}
+
+/// Removes the empty directories above `target` (a host path), up to the system's own.
+fn prune(host: &dyn Host, target: &Path) -> Result<()> {
+    let mut dir = target.parent();
+    while let Some(current) = dir {
+        if SYSTEM_DIRS.iter().any(|d| Path::new(d) == current) {
+            break;
+        }
+        let path = host.path(current);
+        let empty = fs::read_dir(&path).is_ok_and(|mut entries| entries.next().is_none());
+        if !empty {
+            break;
+        }
+        fs::remove_dir(&path).map_err(Error::io("remove", &path))?;
+        dir = current.parent();
+    }
+    Ok(())
+}
+
+/// Removes the state directory (state, log, lock, the emptied backup/), and STATE_ROOT when it
+/// is left empty.
+fn drop_state(host: &dyn Host, name: &str) -> Result<()> {
+    let dir = state::state_dir(name);
+    remove_path(host, &host.path(&dir))?;
+    prune(host, &dir)
+}

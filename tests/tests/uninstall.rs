@@ -1,0 +1,119 @@
+//! `status` and `uninstall` after a real install (real containerd and kubeferry's registry from the example
+//! bundle; STAND-IN kubeadm, kubelet and kubectl) under a test root: the root is compared, entry by entry, with what it held before.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+
+use kubeferry_installer::host::Host;
+use kubeferry_installer::install::{self, InstallConfig, StepId};
+use kubeferry_installer::progress::Silent;
+use kubeferry_installer::status;
+use kubeferry_installer::uninstall::{self, Phase, UninstallOptions};
+use kubeferry_tests::*;
+
+fn config() -> InstallConfig {
+    InstallConfig {
+        registry_port: kubeferry_tests::images::free_addr().port(),
+        advertise_address: Some("10.0.0.10".into()),
+        ..InstallConfig::new("example", "example-v1.20.2-linux-amd64.run")
+    }
+}
+
+#[test]
+fn uninstall_purge_leaves_the_host_as_it_was_and_finishes_when_run_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Every step, with the STAND-IN kubeadm, kubelet and kubectl (see STANDIN_KUBEADM).
+    let (bundle, verified) = open_bundle(tmp.path(), &kubernetes_rootfs(tmp.path()));
+    let host = RootedHost::new(&tmp.path().join("host"));
+    host_skeleton(&host.root);
+    // The host has a runc of its own where the install puts the bundle's: it comes back.
+    write(&host.root.join("usr/local/bin/runc"), "the host's own runc\n");
+    let before = snapshot(&host.root);
+
+    let config = config();
+    install::run(&host, &bundle, &verified, &config, &Silent)
+        .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
+    assert!(host.service_active("containerd.service") && host.service_active("kubeferry-registry.service"));
+    let state = install::load_state(&host, "example").unwrap().unwrap();
+    assert_eq!(state.services, ["containerd.service", "kubeferry-registry.service", "kubelet.service"]);
+    assert!(host.root.join("etc/kubernetes/pki/ca.crt").is_file() && host.root.join("var/lib/etcd").is_dir());
+    assert_eq!(state.backups.len(), 1, "{:?}", state.backups);
+    assert_eq!(state.backups[0].path, std::path::Path::new("/usr/local/bin/runc"));
+    assert!(state.files.iter().any(|f| f == std::path::Path::new("/etc/containerd/config.toml")));
+    assert!(!state.files.iter().any(|f| f == std::path::Path::new("/etc/hosts")), "edited, not owned");
+
+    // Interrupted after the files went: run again, it finishes.
+    let options = UninstallOptions { purge: true, fail_after: Some(Phase::Files) };
+    let err = uninstall::run(&host, "example", &options).unwrap_err();
+    assert_eq!(err.to_string(), "could not go on after uninstall phase 'files'");
+    assert!(!host.service_active("containerd.service") && !host.service_active("kubeferry-registry.service"));
+    assert!(host.root.join("var/lib/kubeferry/example/state.json").is_file(), "kept until the end");
+    assert!(!host.root.join("usr/local/bin/containerd").exists());
+    let report = uninstall::run(&host, "example", &UninstallOptions { purge: true, fail_after: None })
+        .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
+    assert!(report.installed && report.kept.is_empty(), "{report:?}");
+    let calls = fs::read_to_string(tmp.path().join("host.logs/standin-calls")).unwrap();
+    assert_eq!(
+        calls.matches("kubeadm reset -f").count(),
+        1,
+        "kubeadm went with the first run's files: {calls}"
+    );
+
+    let after = snapshot(&host.root);
+    let diff: Vec<String> = before
+        .iter()
+        .filter(|(path, desc)| after.get(*path) != Some(desc))
+        .map(|(path, desc)| format!("- {path}: {desc}"))
+        .chain(
+            after.iter().filter(|(path, _)| !before.contains_key(*path)).map(|(p, d)| format!("+ {p}: {d}")),
+        )
+        .collect();
+    assert!(diff.is_empty(), "the root differs from before the install:\n{}", diff.join("\n"));
+
+    // Nothing left to do.
+    let report = uninstall::run(&host, "example", &UninstallOptions::default()).unwrap();
+    assert!(!report.installed);
+}
+
+#[test]
+fn status_then_uninstall_without_purge_which_keeps_the_runtimes_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bundle, verified) = open_bundle(tmp.path(), example_rootfs());
+    let host = RootedHost::new(&tmp.path().join("host"));
+    host_skeleton(&host.root);
+    assert_eq!(status::gather(&host, "example").unwrap(), None, "nothing installed yet");
+    let config = InstallConfig { fail_after: Some(StepId::Registry), ..config() };
+    let _ = install::run(&host, &bundle, &verified, &config, &Silent);
+
+    let status = status::gather(&host, "example").unwrap().unwrap();
+    let text = status.to_string();
+    assert!(text.starts_with("example v1.20.2: 3 of 6 steps done, NOT healthy\n"), "{text}");
+    assert!(text.contains("\n  runtime       done     20"), "{text}");
+    assert!(text.contains("\n  kubernetes    todo     \n"), "{text}");
+    assert!(text.contains("containerd 1.6.20"), "the real containerd says its version: {text}");
+    assert!(text.contains("\n  containerd.service           active\n"), "{text}");
+    assert!(text.contains(&format!("registry: sea.hub:{} answers on /v2/", config.registry_port)), "{text}");
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["steps"][0]["step"], "extract");
+    assert_eq!(json["steps"][0]["state"], "done");
+    assert_eq!(
+        json["services"][1],
+        serde_json::json!({"unit": "kubeferry-registry.service", "active": true})
+    );
+    assert_eq!(json["healthy"], false);
+
+    // A registry that stopped shows.
+    host.stop_service("kubeferry-registry.service").unwrap();
+    let status = status::gather(&host, "example").unwrap().unwrap();
+    assert!(!status.services[1].active);
+    assert!(!status.registry.unwrap().answers);
+    let report = uninstall::run(&host, "example", &UninstallOptions::default()).unwrap();
+    assert_eq!(report.kept, [std::path::PathBuf::from("/var/lib/containerd")]);
+    assert!(host.root.join("var/lib/containerd").is_dir());
+    assert!(!host.root.join("var/lib/kubeferry").exists(), "the rootfs and state are kubeferry's own");
+    assert!(!host.root.join("run/containerd").exists());
+    assert_eq!(
+        fs::read_to_string(host.root.join("etc/hosts")).unwrap(),
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost\n"
+    );
+}
