@@ -37,11 +37,14 @@ ensure_packages() {
   [ "$(id -u)" = 0 ] || die "these Debian packages are needed and not installed: ${missing[*]}" \
     "run as root, or: apt-get install -y --no-install-recommends ${missing[*]}"
   log "installing ${missing[*]} (apt-get install --no-install-recommends)"
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; then
+  local out
+  if ! out="$(DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" 2>&1)"; then
     log "apt-get install failed; updating this machine's package lists and trying again"
     apt-get -qq update >&2 || die "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 ||
-      die "could not install ${missing[*]}"
+    out="$(DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" 2>&1)" || {
+      printf '%s\n' "$out" | tail -n 20 >&2
+      die "could not install ${missing[*]} (apt-get's last lines are above)"
+    }
   fi
 }
 
