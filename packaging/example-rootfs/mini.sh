@@ -27,6 +27,7 @@ set -euo pipefail
 export LC_ALL=C
 umask 022
 
+LOG_PREFIX=mini.sh
 MARKER="# kubeferry example rootfs"
 K8S_VERSION=v1.20.2
 REGISTRY=sea.hub:5000
@@ -40,7 +41,10 @@ for tool in apt-get dpkg-deb tar gzip od; do
   command -v "$tool" >/dev/null || { echo "error: '$tool' is needed (this script expects Debian)" >&2; exit 1; }
 done
 
-repo="$(cd "$(dirname "$0")/../.." && pwd)"
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+. "$here/lib.sh"
 out="$1"
 out="${out%/}"
 case "$out" in
@@ -54,10 +58,10 @@ if [ -e "$out" ]; then
   fi
 fi
 cache="${KUBEFERRY_EXAMPLE_CACHE:-$repo/target/example-cache}"
-mkdir -p "$cache/debs" "$cache/apt/lists/partial" "$cache/apt/cache/archives/partial"
+mkdir -p "$cache"
 cache="$(cd "$cache" && pwd)"
+debs_init
 debs="$cache/debs"
-: >"$cache/apt/status" # an empty dpkg status: apt must not look at what this machine has installed
 
 mkdir -p "$(dirname "$out")"
 work="$(mktemp -d "$(dirname "$out")/.$(basename "$out").tmp.XXXXXX")"
@@ -65,67 +69,14 @@ trap 'rm -rf "$work"' EXIT
 new="$work/rootfs"
 mkdir -p "$new"
 
-log() { printf 'mini.sh: %s\n' "$*" >&2; }
-
-# --- fetching the .deb files -------------------------------------------------------------------
-
-apt_opts=(
-  -o "Dir::State::Lists=$cache/apt/lists"
-  -o "Dir::State::status=$cache/apt/status"
-  -o "Dir::Cache=$cache/apt/cache"
-  -o "APT::Architecture=$(dpkg --print-architecture)"
-  -o "APT::Architectures::=amd64"
-  -o "APT::Architectures::=arm64"
-  -o "Acquire::Languages=none"
-)
-# As root, apt would drop to the _apt user for downloads and warn that it cannot write here.
-if [ "$(id -u)" = 0 ]; then apt_opts+=(-o "APT::Sandbox::User=root"); fi
-
-# deb PKG ARCH: the cached .deb's path, or nothing.
-deb() {
-  local found=("$debs/$1_"*"_$2.deb")
-  [ -f "${found[0]}" ] && printf '%s\n' "${found[-1]}"
-}
+# --- fetching the .deb files (lib.sh) -----------------------------------------------------------
 
 if [ "${KUBEFERRY_EXAMPLE_REFRESH:-0}" = 1 ]; then
   rm -f "$debs"/*.deb
 fi
-# fetch ARCH: makes sure every package of ARCH is in the cache.
-updated=0
-fetch() {
-  local arch="$1" missing=() pkg
-  for pkg in "${PACKAGES[@]}"; do
-    [ -n "$(deb "$pkg" "$arch")" ] || missing+=("$pkg:$arch")
-  done
-  [ "${#missing[@]}" -gt 0 ] || return 0
-  if [ "$updated" = 0 ]; then
-    log "updating the package lists for amd64 and arm64 (in $cache/apt)"
-    apt-get "${apt_opts[@]}" -qq update >&2 || return 1
-    updated=1
-  fi
-  log "downloading ${missing[*]}"
-  (cd "$debs" && apt-get "${apt_opts[@]}" -qq download "${missing[@]}" >&2) || return 1
-}
+fetch() { fetch_debs "$1" "${PACKAGES[@]}"; }
 
 # --- per architecture: cri/containerd.tar.gz and bin/ ------------------------------------------
-
-# elf_machine FILE: the ELF e_machine field (little-endian), e.g. "3e 00" for x86-64.
-elf_machine() { od -An -tx1 -j18 -N2 "$1" | tr -s ' ' | sed 's/^ //'; }
-
-# Deterministic tar.gz of DIR's entry NAME: sorted, mtime 0, owner root, no gzip name/time.
-deterministic_tgz() {
-  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --mode='go-w' \
-    -C "$1" -cf - "$2" | gzip -n -6
-}
-
-# upstream_version DEB: 1:1.4.7-1+b2 -> 1.4.7, 1.6.20~ds1-1+deb12u3 -> 1.6.20
-upstream_version() {
-  local v
-  v="$(dpkg-deb -f "$1" Version)"
-  v="${v#*:}"
-  v="${v%%-*}"
-  printf '%s\n' "${v%%~*}"
-}
 
 build_arch() {
   local arch="$1" machine pkg unpack stage tool src
