@@ -145,17 +145,19 @@ pub struct Report {
 /// Undoes the install of the bundle `name`, as the [module documentation](self) says.
 pub fn run(host: &dyn Host, name: &str, options: &UninstallOptions) -> Result<Report> {
     let mut report = Report::default();
+    let dir = state::state_dir(name);
+    if !host.path(&dir).exists() {
+        return Ok(report);
+    }
+    let lock = state::lock(host, name)?;
     let Some(state) = state::load_state(host, name)? else {
-        // Nothing recorded: perhaps only the lock and log of an install that wrote nothing.
-        let dir = host.path(&state::state_dir(name));
-        if dir.exists() {
-            remove_path(host, &dir)?;
-            prune(host, &state::state_dir(name))?;
-        }
+        // Nothing recorded: only the lock and log of an install that wrote nothing, or of this
+        // command.
+        drop(lock);
+        drop_state(host, name)?;
         return Ok(report);
     };
     report.installed = true;
-    let lock = state::lock(host, name)?;
     host.log(&format!("uninstall of {} (purge: {})", state.name, options.purge));
 
     for phase in Phase::ALL {
@@ -163,7 +165,7 @@ pub fn run(host: &dyn Host, name: &str, options: &UninstallOptions) -> Result<Re
         match phase {
             Phase::Reset => reset(host, &state, options.purge)?,
             Phase::Services => {
-                for unit in state.services.iter().rev() {
+                for unit in units(&state).iter().rev() {
                     host.stop_service(unit)?;
                 }
             }
@@ -207,6 +209,25 @@ pub fn run(host: &dyn Host, name: &str, options: &UninstallOptions) -> Result<Re
     drop(lock);
     Ok(report)
 }
+
+/// The units to stop: those recorded as enabled or started, and those whose unit file the
+/// install wrote (a state file of an earlier kubeferry records only the files).
+fn units(state: &State) -> Vec<String> {
+    let mut units = state.services.clone();
+    for file in &state.files {
+        if file.parent() == Some(Path::new(UNIT_DIR))
+            && let Some(name) = file.file_name().map(|n| n.to_string_lossy().into_owned())
+            && name.ends_with(".service")
+            && !units.contains(&name)
+        {
+            units.insert(0, name);
+        }
+    }
+    units
+}
+
+/// Where the install writes unit files.
+const UNIT_DIR: &str = "/etc/systemd/system";
 
 /// `kubeadm reset -f` when `kubeadm init` started and kubeadm is still there; without `purge`
 /// the certificates and etcd's data are moved aside for it and back after it.
@@ -348,4 +369,19 @@ fn drop_state(host: &dyn Host, name: &str) -> Result<()> {
     let dir = state::state_dir(name);
     remove_path(host, &host.path(&dir))?;
     prune(host, &dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_units_of_a_state_that_records_only_files() {
+        let state = State {
+            files: vec!["/usr/local/bin/containerd".into(), "/etc/systemd/system/containerd.service".into()],
+            services: vec!["kubelet.service".into()],
+            ..State::default()
+        };
+        assert_eq!(units(&state), ["containerd.service", "kubelet.service"]);
+    }
 }

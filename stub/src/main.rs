@@ -261,11 +261,11 @@ fn summary(file: &Path, shown: &str) -> Result<(), Error> {
     println!(
         "\nUsage: ./{shown} COMMAND\n\n\
          Commands:\n  \
-         verify   check the signature and every byte of this file\n  \
-         list     list the files this bundle holds\n  \
-         extract  verify, then unpack the rootfs into a directory\n  \
-         install  verify, check this host, unpack and install Kubernetes\n  \
-         status   what is installed, and whether it is healthy\n  \
+         verify     check the signature and every byte of this file\n  \
+         list       list the files this bundle holds\n  \
+         extract    verify, then unpack the rootfs into a directory\n  \
+         install    verify, check this host, unpack and install Kubernetes\n  \
+         status     what is installed, and whether it is healthy\n  \
          uninstall  undo the install (--purge: the cluster's data too)\n\n\
          Trust: --trusted-key FILE, --key-fingerprint SHA256:..., or keys in {TRUSTED_KEYS_DIR}/\n\
          Run './{shown} COMMAND --help' for a command's options."

@@ -103,3 +103,19 @@ fn status_of_a_bundle_that_is_not_installed() {
     let (code, stdout, _) = run(Command::new(&f.bundle).arg("status"));
     assert_eq!((code, stdout.as_str()), (1, "'edge' is not installed on this host\n"));
 }
+
+#[test]
+fn uninstall_of_a_bundle_that_is_not_installed_changes_nothing() {
+    let state = std::path::Path::new("/var/lib/kubeferry/edge");
+    if state.exists() {
+        return; // Not this test's to touch.
+    }
+    let had_root = std::path::Path::new("/var/lib/kubeferry").exists();
+    let f = fixture();
+    let (code, stdout, stderr) = run(Command::new(&f.bundle).arg("uninstall"));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "");
+    assert_eq!(stderr, "'edge' is not installed on this host: nothing to do\n");
+    assert!(!state.exists(), "the log it opened went with it");
+    assert_eq!(std::path::Path::new("/var/lib/kubeferry").exists(), had_root);
+}

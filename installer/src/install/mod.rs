@@ -4,8 +4,8 @@
 //! nothing.
 //!
 //! One file per concern: [`state`] (the receipt, the lock, the recording host), and one module
-//! per step that is more than a call into another module: [`registry`], [`kubernetes`], [`kubeadm_init`],
-//! [`applications`].
+//! per step that is more than a call into another module: [`registry`], [`kubernetes`],
+//! [`kubeadm_init`], [`applications`].
 
 pub mod applications;
 pub mod kubeadm_init;
