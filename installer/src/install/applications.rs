@@ -2,10 +2,12 @@
 //! installed kubectl as the cluster's administrator, in the order of their paths; then the
 //! image's `ENTRYPOINT` and `CMD` (or `--cmd` in place of `CMD`), as sealer and sealos run them.
 //!
-//! The bundle's manifest does not carry the image's `CMD`: it is read from the `Kubefile` at the
-//! top of the rootfs, where sealer's CloudRootfs keeps it (the last `ENTRYPOINT` and the last
-//! `CMD`; each element of a JSON array is one shell command, the shell form is one command).
-//! An image without a `Kubefile` has no `CMD` to run unless `--cmd` gives one.
+//! The commands come from the signed manifest when the bundle was built from a Kubefile
+//! (`kubeferry build -f`); otherwise from the `Kubefile` at the top of the rootfs, where
+//! sealer's CloudRootfs keeps it (the last `ENTRYPOINT` and the last `CMD`). Each element of a
+//! JSON array is one shell command; the shell form is one command. They run with the image's
+//! `ENV` values in their environment. An image with neither has no `CMD` to run unless `--cmd`
+//! gives one.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ use super::{InstallConfig, KUBERNETES_BIN_DIR, kubernetes_bin};
 use crate::cri;
 use crate::error::{Error, Result};
 use crate::host::Host;
+use crate::manifest::ImageConfig;
 
 /// The directory of manifests in the rootfs.
 pub const MANIFESTS: &str = "manifests";
@@ -32,7 +35,7 @@ pub struct StartCommands {
 }
 
 /// Carries the step out.
-pub fn run(host: &dyn Host, rootfs: &Path, config: &InstallConfig) -> Result<()> {
+pub fn run(host: &dyn Host, rootfs: &Path, image: &ImageConfig, config: &InstallConfig) -> Result<()> {
     let kubectl = host.path(&kubernetes_bin("kubectl"));
     let admin = host.path(Path::new(ADMIN_CONF));
     for manifest in manifests(rootfs)? {
@@ -40,9 +43,9 @@ pub fn run(host: &dyn Host, rootfs: &Path, config: &InstallConfig) -> Result<()>
             Command::new(&kubectl).arg("--kubeconfig").arg(&admin).arg("apply").arg("-f").arg(&manifest),
         )?;
     }
-    for command in commands(rootfs, config)? {
+    for command in commands(image, rootfs, config)? {
         host.log(&format!("the image's command: {command}"));
-        host.run(&mut shell(host, rootfs, &admin, &command))?;
+        host.run(shell(host, rootfs, &admin, &command).envs(&image.env))?;
     }
     Ok(())
 }
@@ -71,9 +74,14 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// The commands to run: the image's `ENTRYPOINT`, then `--cmd` or the image's `CMD`.
-pub fn commands(rootfs: &Path, config: &InstallConfig) -> Result<Vec<String>> {
+pub fn commands(signed: &ImageConfig, rootfs: &Path, config: &InstallConfig) -> Result<Vec<String>> {
     let kubefile = rootfs.join(KUBEFILE);
-    let image = if kubefile.is_file() {
+    let image = if signed.cmd.is_some() || signed.entrypoint.is_some() {
+        StartCommands {
+            entrypoint: signed.entrypoint.clone().unwrap_or_default(),
+            cmd: signed.cmd.clone().unwrap_or_default(),
+        }
+    } else if kubefile.is_file() {
         start_commands(&fs::read_to_string(&kubefile).map_err(Error::io("read", &kubefile))?)
     } else {
         StartCommands::default()
@@ -152,5 +160,22 @@ mod tests {
             "the last"
         );
         assert_eq!(start_commands("FROM scratch\n"), StartCommands::default());
+    }
+
+    #[test]
+    fn the_signed_manifest_wins_over_the_rootfs_kubefile_and_cmd_over_both() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(KUBEFILE), "FROM scratch\nCMD [\"from the rootfs\"]\n").unwrap();
+        let mut config = super::super::tests::config();
+        let none = ImageConfig::default();
+        assert_eq!(commands(&none, dir.path(), &config).unwrap(), ["from the rootfs"]);
+        let signed = ImageConfig {
+            entrypoint: Some(vec!["first".into()]),
+            cmd: Some(vec!["signed".into()]),
+            ..ImageConfig::default()
+        };
+        assert_eq!(commands(&signed, dir.path(), &config).unwrap(), ["first", "signed"]);
+        config.cmd = Some("given".into());
+        assert_eq!(commands(&signed, dir.path(), &config).unwrap(), ["first", "given"]);
     }
 }

@@ -370,7 +370,7 @@ pub fn run(
                 };
                 kubeadm_init::run(host, &rootfs, config, &bundled, retry)?;
             }
-            StepId::Applications => applications::run(host, &rootfs, config)?,
+            StepId::Applications => applications::run(host, &rootfs, &manifest.image, config)?,
         }
         host.update(|state| {
             state.running = None;
@@ -420,7 +420,7 @@ mod tests {
         Verified { manifest, authenticity: Authenticity::Unchecked }
     }
 
-    fn config() -> InstallConfig {
+    pub(super) fn config() -> InstallConfig {
         InstallConfig {
             rootfs_dir: "/var/lib/kubeferry/edge/rootfs".into(),
             registry_domain: "sea.hub".into(),
