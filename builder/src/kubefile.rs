@@ -83,7 +83,14 @@ impl Kubefile {
     /// file source goes into the destination as a directory (`COPY imageList manifests` gives
     /// `manifests/imageList`), as sealer does. Sources are globs relative to the context and
     /// may not leave it.
-    pub fn layers(&self, context: &Path) -> Result<Vec<Layer>, KubefileError> {
+    ///
+    /// `FROM FILE.run` hands the bundle to `open_bundle`, which checks and unpacks it and
+    /// returns the directory it unpacked to.
+    pub fn layers(
+        &self,
+        context: &Path,
+        open_bundle: &mut dyn FnMut(&Path) -> Result<PathBuf, String>,
+    ) -> Result<Vec<Layer>, KubefileError> {
         let context = context.canonicalize().map_err(|e| KubefileError {
             line: 1,
             message: format!("the build context '{}' cannot be read: {e}", context.display()),
@@ -94,11 +101,9 @@ impl Kubefile {
             let path = context.join(name);
             if path.is_dir() && !name.contains(':') {
                 layers.push(Layer::root(&inside(&context, &path).map_err(err)?));
-            } else if name.ends_with(".run") {
-                return Err(err(format!(
-                    "FROM a .run bundle is not supported yet: extract it with './{name} extract --to DIR' \
-                     and use FROM DIR"
-                )));
+            } else if name.ends_with(".run") && path.is_file() {
+                let bundle = inside(&context, &path).map_err(err)?;
+                layers.push(Layer::root(&open_bundle(&bundle).map_err(err)?));
             } else {
                 return Err(err(format!(
                     "'{name}' is not a directory of the build context, and pulling a cluster image from a \
@@ -547,7 +552,7 @@ mod tests {
             "FROM base\nCOPY imageList manifests\nCOPY etc/daemon.json ./etc/\nCOPY charts/* /charts\nCOPY etc .\n",
         );
         let c = c.canonicalize().unwrap();
-        let layers = k.layers(&c).unwrap();
+        let layers = k.layers(&c, &mut |_| unreachable!()).unwrap();
         let got: Vec<(String, String)> = layers
             .iter()
             .map(|l| (l.source.strip_prefix(&c).unwrap().display().to_string(), l.at.clone()))
@@ -562,7 +567,8 @@ mod tests {
         ];
         assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
 
-        let err = |text: &str| parse_ok(text).layers(&c).unwrap_err().to_string();
+        let err =
+            |text: &str| parse_ok(text).layers(&c, &mut |_| Err("refused".into())).unwrap_err().to_string();
         assert_eq!(
             err("FROM scratch\nCOPY ../x .\n"),
             "Kubefile line 2: the source '../x' must be a relative path inside the build context"
@@ -579,6 +585,8 @@ mod tests {
             err("FROM labring/kubernetes:v1.24.0\n")
                 .contains("pulling a cluster image from a registry is not supported yet")
         );
+        std::fs::write(c.join("base.run"), "x").unwrap();
+        assert_eq!(err("FROM base.run\n"), "Kubefile line 1: refused");
         std::os::unix::fs::symlink("/etc", c.join("escape")).unwrap();
         assert_eq!(
             err("FROM scratch\nCOPY escape .\n"),

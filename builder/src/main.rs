@@ -12,6 +12,7 @@ use kubeferry_builder::pack::{self, Spec, sidecar};
 use kubeferry_builder::{Error, collect, kubefile, sign, stub};
 use kubeferry_installer::arch::Arch;
 use kubeferry_installer::error::human_bytes;
+use kubeferry_installer::extract::ExtractOptions;
 use kubeferry_installer::keys::{FileDigest, PublicKey, SecretKey};
 use kubeferry_installer::manifest::ImageConfig;
 use kubeferry_installer::reader::Bundle;
@@ -42,7 +43,7 @@ enum Command {
         out: PathBuf,
     },
     /// Build one NAME-VERSION-linux-ARCH.run per architecture from a CloudRootfs directory.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Sign a bundle built with --unsigned (after checking every digest in it).
     Sign {
         /// The private key.
@@ -100,6 +101,10 @@ struct BuildArgs {
     /// ARG, LABEL, CMD, ENTRYPOINT); ARCH and TARGETARCH are set to each target architecture.
     #[arg(long = "file", short = 'f', value_name = "KUBEFILE")]
     kubefile: Option<PathBuf>,
+    /// A public key trusted to have signed a FROM bundle, besides the key of --key and the
+    /// keys in /etc/kubeferry/trusted-keys/.
+    #[arg(long, value_name = "FILE", requires = "kubefile")]
+    trusted_key: Vec<PathBuf>,
     /// A value for an ARG of the Kubefile, as NAME=VALUE.
     #[arg(long, value_name = "NAME=VALUE", requires = "kubefile")]
     build_arg: Vec<String>,
@@ -238,6 +243,13 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
             a.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or(Error::BuildArg(a.clone()))
         })
         .collect::<Result<BTreeMap<_, _>, Error>>()?;
+    // A FROM bundle is trusted when signed by a --trusted-key, the signing key itself, or a key
+    // of the host's trusted-keys directory.
+    let mut base_trust = Trust::from_sources(&args.trusted_key, &[], true, false)?;
+    if let Some(key) = &key {
+        base_trust.keys.push(key.public_key());
+    }
+    let mut unpacked = Unpacked(Vec::new());
     for (&arch, (stub_path, stub_bytes)) in arches.iter().zip(&stubs) {
         let (layers, image) = match &kubefile_text {
             Some(text) => {
@@ -246,13 +258,24 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
                     build_args.entry(name.to_string()).or_insert_with(|| arch.to_string());
                 }
                 let kubefile = kubefile::parse(text, &build_args)?;
-                let image = ImageConfig {
-                    env: kubefile.env.clone(),
-                    labels: kubefile.labels.clone(),
-                    cmd: kubefile.cmd.clone(),
-                    entrypoint: kubefile.entrypoint.clone(),
+                let mut base = ImageConfig::default();
+                let mut open_bundle = |path: &Path| {
+                    let (dir, image) = unpack_base(path, arch, &base_trust, &args.out, term)?;
+                    unpacked.push(dir.clone());
+                    base = image;
+                    Ok(dir)
                 };
-                (kubefile.layers(&args.rootfs)?, image)
+                let layers = kubefile.layers(&args.rootfs, &mut open_bundle)?;
+                // As an image's do, ENV and LABEL add to the base's; CMD and ENTRYPOINT replace it.
+                base.env.extend(kubefile.env.clone());
+                base.labels.extend(kubefile.labels.clone());
+                let image = ImageConfig {
+                    env: base.env,
+                    labels: base.labels,
+                    cmd: kubefile.cmd.clone().or(base.cmd),
+                    entrypoint: kubefile.entrypoint.clone().or(base.entrypoint),
+                };
+                (layers, image)
             }
             None => (vec![collect::Layer::root(&args.rootfs)], ImageConfig::default()),
         };
@@ -292,6 +315,52 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
         println!("{}", packed.path.display());
     }
     Ok(())
+}
+
+/// Directories a FROM bundle was unpacked into, removed when the build ends.
+struct Unpacked(Vec<PathBuf>);
+
+impl Unpacked {
+    fn push(&mut self, dir: PathBuf) {
+        self.0.push(dir);
+    }
+}
+
+impl Drop for Unpacked {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Checks a FROM bundle against the trusted keys and unpacks it beside the output, for the
+/// architecture being built. Returns the directory and what its manifest says of the image.
+fn unpack_base(
+    path: &Path,
+    arch: Arch,
+    trust: &Trust,
+    out: &Path,
+    term: &Terminal,
+) -> Result<(PathBuf, ImageConfig), String> {
+    let fail =
+        |e: kubeferry_installer::Error| format!("the base bundle '{}': {}", path.display(), error_chain(&e));
+    let bundle = Bundle::open(path).map_err(fail)?;
+    let verified = bundle
+        .authenticate(trust)
+        .map_err(|e| format!("{}; pass --trusted-key with the public key that signed it", fail(e)))?;
+    if verified.manifest.arch != arch {
+        return Err(format!(
+            "the base bundle '{}' is for {}, not {arch}; name the file with ${{ARCH}} to build several architectures",
+            path.display(),
+            verified.manifest.arch
+        ));
+    }
+    let dir = out.join(format!(".kubeferry-base-{arch}"));
+    let options = ExtractOptions { replace: true, ..ExtractOptions::default() };
+    term.say(&format!("unpacking the base bundle '{}'", path.display()));
+    extract::extract(&bundle, &verified, &dir, &options, term).map_err(fail)?;
+    Ok((dir, verified.manifest.image))
 }
 
 fn sign_file(key: &Path, force: bool, file: &Path, term: &Terminal) -> Result<(), Error> {

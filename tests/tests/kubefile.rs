@@ -69,3 +69,57 @@ fn a_bad_kubefile_is_refused_naming_its_line_and_writes_nothing() {
     );
     assert!(!out.exists() || fs::read_dir(&out).unwrap().next().is_none());
 }
+
+#[test]
+fn a_kubefile_builds_from_a_trusted_bundle_and_inherits_its_image_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let context = tmp.path().join("context");
+    fixture_rootfs(&context.join("base"));
+    write(
+        &context.join("base.Kubefile"),
+        "FROM base/rootfs\nENV registryPort=5000 keep=yes\nCMD [\"base cmd\"]\n",
+    );
+    let (key, _) = keygen(tmp.path(), "release");
+    let stub = format!("amd64={}", stub_bin().display());
+    let build = |kubefile: &str, name: &str, key: &std::path::Path| {
+        let mut command = kubeferry();
+        command
+            .args(["build", "-f"])
+            .arg(context.join(kubefile))
+            .arg(&context)
+            .args(["--name", name, "--version", "v1", "--stub", &stub, "--key"])
+            .arg(key)
+            .arg("-o")
+            .arg(&context);
+        command
+    };
+    ok(&mut build("base.Kubefile", "base", &key));
+    write(&context.join("extra/added.txt"), "on top\n");
+    write(
+        &context.join("Kubefile"),
+        "FROM base-v1-linux-${ARCH}.run\nCOPY extra etc\nENV registryPort=5001\n",
+    );
+    let out = ok(&mut build("Kubefile", "top", &key));
+    assert!(out.trim().ends_with("top-v1-linux-amd64.run"), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&ok(kubeferry()
+        .args(["inspect", "--json"])
+        .arg(context.join("top-v1-linux-amd64.run"))))
+    .unwrap();
+    let image = &json["manifest"]["image"];
+    assert_eq!(image["env"], serde_json::json!({"keep": "yes", "registryPort": "5001"}));
+    assert_eq!(image["cmd"], serde_json::json!(["base cmd"]));
+    let paths: Vec<&str> =
+        json["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert!(paths.contains(&"etc/added.txt") && paths.contains(&"cri/containerd.tar.gz"), "{paths:?}");
+    assert!(!context.join(".kubeferry-base-amd64").exists(), "the unpacked base is removed");
+
+    // A base signed by a key nobody trusts is refused before a byte of it is used.
+    let (other, _) = keygen(tmp.path(), "other");
+    let (code, _, stderr) = run(&mut build("Kubefile", "top2", &other));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("Kubefile line 1: the base bundle"), "{stderr}");
+    assert!(stderr.contains("is not trusted"), "{stderr}");
+    assert!(
+        !context.join("top2-v1-linux-amd64.run").exists() && !context.join(".kubeferry-base-amd64").exists()
+    );
+}
