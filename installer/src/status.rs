@@ -81,9 +81,10 @@ pub fn gather(host: &dyn Host, name: &str) -> Result<Option<Status>> {
     let Some(state) = state::load_state(host, name)? else {
         return Ok(None);
     };
-    let steps: Vec<StepStatus> = StepId::ALL
-        .into_iter()
-        .map(|step| StepStatus {
+    let steps: Vec<StepStatus> = state
+        .steps()
+        .iter()
+        .map(|&step| StepStatus {
             step,
             state: if state.done.contains(&step) {
                 "done"

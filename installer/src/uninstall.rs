@@ -237,8 +237,9 @@ fn reset(host: &dyn Host, state: &State, purge: bool) -> Result<()> {
     for kept in KEPT_FROM_RESET {
         restore_kept(host, Path::new(kept))?;
     }
-    let init_started =
-        state.done.contains(&StepId::KubeadmInit) || state.running == Some(StepId::KubeadmInit);
+    let init_started = [StepId::KubeadmInit, StepId::KubeadmJoin]
+        .iter()
+        .any(|s| state.done.contains(s) || state.running == Some(*s));
     if !init_started || !kubeadm.is_file() {
         return Ok(());
     }

@@ -14,7 +14,7 @@ use kubeferry_installer::arch::Arch;
 use kubeferry_installer::error::{Error, human_bytes};
 use kubeferry_installer::extract::{self, ExtractOptions};
 use kubeferry_installer::host::SystemHost;
-use kubeferry_installer::install::{self, InstallConfig, Outcome, StepId};
+use kubeferry_installer::install::{self, InstallConfig, JoinRequest, Outcome, StepId};
 use kubeferry_installer::preflight::{self, Facts};
 use kubeferry_installer::progress::Reporter;
 use kubeferry_installer::reader::{Authenticity, Bundle, Verified};
@@ -70,30 +70,37 @@ enum Command {
     },
     /// Verify, check this host, unpack and install Kubernetes.
     Install {
-        /// Where the rootfs is unpacked (default /var/lib/kubeferry/NAME/rootfs).
-        #[arg(long, value_name = "DIR")]
-        rootfs_dir: Option<PathBuf>,
-        /// Host checks to skip, comma-separated (names as printed, e.g. swap,port-6443; or all).
-        #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
-        ignore_preflight: Vec<String>,
-        /// The address the API server advertises (needed on a host with no default route).
-        #[arg(long, value_name = "ADDR")]
-        advertise_address: Option<std::net::IpAddr>,
-        /// The bundled registry's domain (sealos: registryDomain).
-        #[arg(long, default_value = "sea.hub")]
-        registry_domain: String,
-        /// The bundled registry's port (sealos: registryPort).
-        #[arg(long, default_value_t = 5000)]
-        registry_port: u16,
-        /// kubeadm configuration documents merged over the image's, by kind, field by field.
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        node: NodeArgs,
         /// The command run after the manifests are applied, instead of the image's CMD.
         #[arg(long, value_name = "COMMAND")]
         cmd: Option<String>,
-        /// Print the plan (every step, and which an earlier run finished) and change nothing.
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Verify, check this host, unpack, and join it to the cluster a first node made with
+    /// install (which printed this command).
+    Join {
+        /// The API server to join, as HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        server: String,
+        /// The bootstrap token.
         #[arg(long)]
-        dry_run: bool,
+        token: String,
+        /// The hash of the cluster's CA public key (sha256:...).
+        #[arg(long, value_name = "sha256:HEX")]
+        ca_cert_hash: String,
+        /// Join as a control-plane node.
+        #[arg(long)]
+        control_plane: bool,
+        /// The key of the control-plane certificates that install uploaded.
+        #[arg(long, value_name = "HEX", requires = "control_plane")]
+        certificate_key: Option<String>,
+        /// The address of the registry the node pulls from [default: the server's host].
+        #[arg(long, value_name = "ADDR")]
+        registry_address: Option<std::net::IpAddr>,
+        #[command(flatten)]
+        node: NodeArgs,
         #[command(flatten)]
         trust: TrustArgs,
     },
@@ -114,6 +121,32 @@ enum Command {
     /// Serve a registry storage directory read-only over the OCI distribution API, until
     /// stopped (the bundled registry's service runs this).
     ServeRegistry(ServeRegistryArgs),
+}
+
+/// The options of install and join that shape the node.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Where the rootfs is unpacked (default /var/lib/kubeferry/NAME/rootfs).
+    #[arg(long, value_name = "DIR")]
+    rootfs_dir: Option<PathBuf>,
+    /// Host checks to skip, comma-separated (names as printed, e.g. swap,port-6443; or all).
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+    ignore_preflight: Vec<String>,
+    /// The address the API server advertises (needed on a host with no default route).
+    #[arg(long, value_name = "ADDR")]
+    advertise_address: Option<std::net::IpAddr>,
+    /// The bundled registry's domain (sealos: registryDomain).
+    #[arg(long, default_value = "sea.hub")]
+    registry_domain: String,
+    /// The bundled registry's port (sealos: registryPort).
+    #[arg(long, default_value_t = 5000)]
+    registry_port: u16,
+    /// kubeadm configuration documents merged over the image's, by kind, field by field.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the plan (every step, and which an earlier run finished) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// Options of the registry service.
@@ -174,29 +207,33 @@ fn main() -> ExitCode {
         Some(Command::Extract { to, force, trust }) => {
             (format!("could not extract '{shown}'"), extract_to(&file, to, *force, trust, &term))
         }
-        Some(Command::Install {
-            rootfs_dir,
-            ignore_preflight,
-            advertise_address,
-            registry_domain,
-            registry_port,
-            config,
-            cmd,
-            dry_run,
+        Some(Command::Install { node, cmd, trust }) => {
+            let options = InstallArgs { node, cmd: cmd.as_deref(), shown: &shown, join: None };
+            (format!("could not install '{shown}'"), install(&file, &options, trust, &term))
+        }
+        Some(Command::Join {
+            server,
+            token,
+            ca_cert_hash,
+            control_plane,
+            certificate_key,
+            registry_address,
+            node,
             trust,
         }) => {
-            let options = InstallArgs {
-                config: config.as_deref(),
-                cmd: cmd.as_deref(),
-                shown: &shown,
-                rootfs_dir: rootfs_dir.as_deref(),
-                ignore_preflight,
-                advertise_address: *advertise_address,
-                registry_domain,
-                registry_port: *registry_port,
-                dry_run: *dry_run,
+            let params = kubeferry_installer::kubeadm::JoinParams {
+                server: server.clone(),
+                token: token.clone(),
+                ca_cert_hash: ca_cert_hash.clone(),
+                certificate_key: certificate_key.clone(),
+                bundle: shown.clone(),
             };
-            (format!("could not install '{shown}'"), install(&file, &options, trust, &term))
+            let join = JoinArgs {
+                request: JoinRequest { params, control_plane: *control_plane },
+                registry_address: *registry_address,
+            };
+            let options = InstallArgs { node, cmd: None, shown: &shown, join: Some(join) };
+            (format!("could not join '{shown}' to {server}"), install(&file, &options, trust, &term))
         }
         Some(Command::Uninstall { purge }) => {
             (format!("could not uninstall '{shown}'"), uninstall(&file, *purge, &term))
@@ -338,15 +375,16 @@ fn serve_registry(args: &ServeRegistryArgs, term: &Terminal) -> Result<(), Regis
 
 /// The install's options, apart from trust.
 struct InstallArgs<'a> {
-    config: Option<&'a Path>,
+    node: &'a NodeArgs,
     cmd: Option<&'a str>,
     shown: &'a str,
-    rootfs_dir: Option<&'a Path>,
-    ignore_preflight: &'a [String],
-    advertise_address: Option<std::net::IpAddr>,
-    registry_domain: &'a str,
-    registry_port: u16,
-    dry_run: bool,
+    join: Option<JoinArgs>,
+}
+
+/// What `join` adds to install's options.
+struct JoinArgs {
+    request: JoinRequest,
+    registry_address: Option<std::net::IpAddr>,
 }
 
 /// A test hook: stop with an error right after this step (e.g. `runtime`), to test resuming.
@@ -364,36 +402,43 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
             instead: Some(format!("{}-{}-linux-{host}.run", m.name, m.version)),
         });
     }
-    let target = args
+    let node = args.node;
+    let target = node
         .rootfs_dir
-        .map(Path::to_path_buf)
+        .clone()
         .unwrap_or_else(|| Path::new("/var/lib/kubeferry").join(&m.name).join("rootfs"));
 
+    let registry_address = match &args.join {
+        None => "127.0.0.1".to_string(),
+        Some(join) => match join.registry_address {
+            Some(address) => address.to_string(),
+            None => server_host(&join.request.params.server),
+        },
+    };
     let config = InstallConfig {
         rootfs_dir: target.clone(),
-        registry_domain: args.registry_domain.to_string(),
-        registry_port: args.registry_port,
-        registry_address: "127.0.0.1".into(),
+        registry_domain: node.registry_domain.clone(),
+        registry_port: node.registry_port,
+        registry_address,
         systemd_cgroup: true,
-        fail_after: std::env::var(FAIL_AFTER_ENV)
-            .ok()
-            .and_then(|name| StepId::ALL.into_iter().find(|s| s.name() == name)),
-        advertise_address: args.advertise_address.map(|a| a.to_string()),
-        kubeadm_config: args.config.map(Path::to_path_buf),
+        fail_after: std::env::var(FAIL_AFTER_ENV).ok().and_then(|name| StepId::from_name(&name)),
+        advertise_address: node.advertise_address.map(|a| a.to_string()),
+        kubeadm_config: node.config.clone(),
         cmd: args.cmd.map(str::to_string),
         bundle_file: args.shown.to_string(),
+        join: args.join.as_ref().map(|j| j.request.clone()),
     };
     let plan = install::plan(&SystemHost::read_only(), &verified, &config)?;
-    if args.dry_run {
+    if node.dry_run {
         print!("{plan}");
         return Ok(());
     }
     let bundled = install::bundled_tools(&bundle, &verified)?;
     let requirements =
-        install::requirements(&verified, &bundled, &config, &plan, args.advertise_address.is_some());
+        install::requirements(&verified, &bundled, &config, &plan, node.advertise_address.is_some());
     let findings = preflight::without_ignored(
         preflight::check(&Facts::gather(&requirements), &requirements),
-        args.ignore_preflight,
+        &node.ignore_preflight,
     );
     if !findings.is_empty() {
         return Err(Error::Preflight { findings });
@@ -403,6 +448,15 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
     match install::run(&host, &bundle, &verified, &config, term)? {
         Outcome::AlreadyDone => {
             term.say("this node is installed already: nothing to do");
+            Ok(())
+        }
+        Outcome::Installed(_) if config.join.is_some() => {
+            term.say(&format!(
+                "joined this node to {} with '{}' {}",
+                config.join.as_ref().map_or("", |j| j.params.server.as_str()),
+                m.name,
+                m.version
+            ));
             Ok(())
         }
         Outcome::Installed(join) => {
@@ -422,11 +476,17 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
                 steps.map(|s| s.name()).collect::<Vec<_>>().join(", ")
             };
             Err(Error::InstallUnavailable {
-                done: names(&mut StepId::ALL.into_iter().filter(|s| !missing.contains(s))),
+                done: names(&mut config.steps().iter().copied().filter(|s| !missing.contains(s))),
                 missing: names(&mut missing.into_iter()),
             })
         }
     }
+}
+
+/// The host of `HOST:PORT` (`[ADDR]:PORT` for IPv6).
+fn server_host(server: &str) -> String {
+    let host = server.rsplit_once(':').map_or(server, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']').to_string()
 }
 
 /// Prints the status of this bundle's install; whether it is healthy.

@@ -458,6 +458,19 @@ kubeadm join 10.0.0.10:6443 --token abcdef.0123456789abcdef \
     --discovery-token-ca-cert-hash sha256:2f1b5aa0c4a14a2e4a1f4b5c6d7e8f90112233445566778899aabbccddeeff00 
 OUT
     ;;
+  join)
+    config=""
+    for arg in "$@"; do
+      case "$prev" in --config) config="$arg" ;; esac
+      prev="$arg"
+    done
+    cp "$config" "$logs/kubeadm-join.yaml"
+    mkdir -p "$root/etc/kubernetes/pki" "$root/var/lib/kubelet"
+    printf 'apiVersion: v1\nkind: Config\n# stand-in kubelet.conf\n' >"$root/etc/kubernetes/kubelet.conf"
+    echo "stand-in CA" >"$root/etc/kubernetes/pki/ca.crt"
+    echo "kind: KubeletConfiguration" >"$root/var/lib/kubelet/config.yaml"
+    echo "This node has joined the cluster (stand-in)"
+    ;;
   reset)
     rm -rf "$root/etc/kubernetes/manifests" "$root/etc/kubernetes/pki" "$root/var/lib/etcd"
     rm -f "$root/etc/kubernetes/admin.conf" "$root/etc/kubernetes/kubelet.conf"

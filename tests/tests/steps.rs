@@ -316,3 +316,65 @@ fn kubeadm_init_with_config_then_the_applications_with_the_images_cmd() {
         );
     }
 }
+
+/// `join` as a worker: the runtime and Kubernetes from the bundle, the registry domain pointed
+/// at the first control plane, `kubeadm join` (the STAND-IN) with the rendered
+/// JoinConfiguration; then `uninstall --purge` leaves the root as it was.
+#[test]
+fn a_worker_joins_with_the_rendered_join_configuration_and_pulls_from_the_first_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = kubernetes_rootfs(tmp.path());
+    let (bundle, verified) = open_bundle(tmp.path(), &rootfs);
+    let host = RootedHost::new(&tmp.path().join("host"));
+    host_skeleton(&host.root);
+    let before = snapshot(&host.root);
+
+    let params = kubeferry_installer::kubeadm::JoinParams {
+        server: "10.0.0.10:6443".into(),
+        token: "abcdef.0123456789abcdef".into(),
+        ca_cert_hash: "sha256:2f1b5aa0c4a14a2e4a1f4b5c6d7e8f90112233445566778899aabbccddeeff00".into(),
+        certificate_key: None,
+        bundle: "example-v1.20.2-linux-amd64.run".into(),
+    };
+    let config = InstallConfig {
+        registry_address: "10.0.0.10".into(),
+        advertise_address: Some("10.0.0.11".into()),
+        join: Some(install::JoinRequest { params, control_plane: false }),
+        ..config()
+    };
+    let plan = install::plan(&host, &verified, &config).unwrap();
+    let names: Vec<&str> = plan.steps.iter().map(|s| s.id.name()).collect();
+    assert_eq!(names, ["extract", "runtime", "registry", "kubernetes", "kubeadm-join"]);
+
+    let outcome = install::run(&host, &bundle, &verified, &config, &Silent)
+        .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
+    assert_eq!(outcome, Outcome::Installed(None));
+    let hosts = fs::read_to_string(host.root.join("etc/hosts")).unwrap();
+    assert!(hosts.contains("10.0.0.10 sea.hub # added by kubeferry"), "{hosts}");
+    assert!(!host.root.join("etc/systemd/system/kubeferry-registry.service").exists(), "no registry here");
+    let calls = fs::read_to_string(tmp.path().join("host.logs/standin-calls")).unwrap();
+    let join_call = format!(
+        "kubeadm join --config {} --skip-phases=preflight",
+        host.root.join("etc/kubernetes/kubeadm-kubeferry-join.yaml").display()
+    );
+    assert!(calls.lines().any(|l| l == join_call), "{calls}");
+    let joined = fs::read_to_string(tmp.path().join("host.logs/kubeadm-join.yaml")).unwrap();
+    for want in [
+        "kind: JoinConfiguration",
+        "apiServerEndpoint: '10.0.0.10:6443'",
+        "token: abcdef.0123456789abcdef",
+        "sha256:2f1b5aa0c4a14a2e4a1f4b5c6d7e8f90112233445566778899aabbccddeeff00",
+    ] {
+        assert!(joined.contains(want), "{want} missing from:\n{joined}");
+    }
+    assert!(!joined.contains("controlPlane"), "a worker join has no controlPlane:\n{joined}");
+    assert_eq!(install::run(&host, &bundle, &verified, &config, &Silent).unwrap(), Outcome::AlreadyDone);
+
+    let report = uninstall::run(&host, "example", &UninstallOptions { purge: true, fail_after: None })
+        .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
+    let _ = report;
+    let calls = fs::read_to_string(tmp.path().join("host.logs/standin-calls")).unwrap();
+    assert!(calls.lines().any(|l| l == "kubeadm reset -f"), "{calls}");
+    let after = snapshot(&host.root);
+    assert!(before == after, "left behind:\n{}", diff(&before, &after));
+}

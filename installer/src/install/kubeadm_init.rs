@@ -128,13 +128,39 @@ pub fn configuration(
     config: &InstallConfig,
     kubernetes_version: Option<&str>,
 ) -> Result<String> {
-    let (template, source) = match IMAGE_CONFIGS.iter().map(|p| rootfs.join(p)).find(|p| p.is_file()) {
+    let (template, source) = image_configuration(rootfs)?;
+    let values = configuration_values(config, kubernetes_version, &source)?;
+    let kubeadm_error = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |e: kubeadm::KubeadmError| Error::Io { action, path, source: std::io::Error::other(e) }
+    };
+    let mut rendered = kubeadm::render(&template, &values).map_err(kubeadm_error("render", &source))?;
+    if let Some(user) = &config.kubeadm_config {
+        let text = fs::read_to_string(user).map_err(Error::io("read", user))?;
+        rendered = kubeadm::merge(&rendered, &text)
+            .map_err(kubeadm_error("merge the kubeadm configuration", user))?;
+    }
+    kubeadm::init_config(&rendered).map_err(kubeadm_error("render", &source))
+}
+
+/// The image's kubeadm configuration template (or kubeferry's default) and where it came from.
+pub fn image_configuration(rootfs: &Path) -> Result<(String, PathBuf)> {
+    Ok(match IMAGE_CONFIGS.iter().map(|p| rootfs.join(p)).find(|p| p.is_file()) {
         Some(path) => (fs::read_to_string(&path).map_err(Error::io("read", &path))?, path),
         None => (
             kubeadm::default_config().to_string(),
             PathBuf::from("kubeferry's default kubeadm configuration"),
         ),
-    };
+    })
+}
+
+/// The values the configuration is rendered with: the registry, this host's address, the
+/// Kubernetes version and the cgroup driver.
+pub fn configuration_values(
+    config: &InstallConfig,
+    kubernetes_version: Option<&str>,
+    source: &Path,
+) -> Result<Values> {
     let advertise = match &config.advertise_address {
         Some(address) => address.clone(),
         None => default_address().map(|a| a.to_string()).unwrap_or_default(),
@@ -143,20 +169,14 @@ pub fn configuration(
         ("registryDomain".to_string(), config.registry_domain.clone()),
         ("registryPort".to_string(), config.registry_port.to_string()),
     ]);
-    let kubeadm_error = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |e: kubeadm::KubeadmError| Error::Io { action, path, source: std::io::Error::other(e) }
-    };
-    let mut values = Values::new(env, advertise).map_err(kubeadm_error("render", &source))?;
+    let mut values = Values::new(env, advertise).map_err(|e| Error::Io {
+        action: "render",
+        path: source.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
     values.kubernetes_version = kubernetes_version.map(str::to_string);
     values.cgroup_driver = if config.systemd_cgroup { "systemd" } else { "cgroupfs" }.into();
-    let mut rendered = kubeadm::render(&template, &values).map_err(kubeadm_error("render", &source))?;
-    if let Some(user) = &config.kubeadm_config {
-        let text = fs::read_to_string(user).map_err(Error::io("read", user))?;
-        rendered = kubeadm::merge(&rendered, &text)
-            .map_err(kubeadm_error("merge the kubeadm configuration", user))?;
-    }
-    kubeadm::init_config(&rendered).map_err(kubeadm_error("render", &source))
+    Ok(values)
 }
 
 /// The phases of `kubeadm init` skipped: its preflight always, and the CoreDNS addon when the

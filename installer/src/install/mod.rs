@@ -9,6 +9,7 @@
 
 pub mod applications;
 pub mod kubeadm_init;
+pub mod kubeadm_join;
 pub mod kubernetes;
 pub mod registry;
 pub mod state;
@@ -44,6 +45,9 @@ pub fn kubernetes_bin(name: &str) -> PathBuf {
     Path::new(KUBERNETES_BIN_DIR).join(name)
 }
 
+/// The kubelet's port, the only one a worker node needs free.
+pub const KUBELET_PORT: u16 = 10250;
+
 /// The marker of the line kubeferry adds to /etc/hosts.
 pub const HOSTS_MARKER: &str = "# added by kubeferry";
 
@@ -63,6 +67,8 @@ pub enum StepId {
     KubeadmInit,
     /// Apply manifests/ and run the image's CMD.
     Applications,
+    /// `kubeadm join` to an existing cluster (the `join` command instead of `install`).
+    KubeadmJoin,
 }
 
 impl StepId {
@@ -85,7 +91,18 @@ impl StepId {
             StepId::Kubernetes => "kubernetes",
             StepId::KubeadmInit => "kubeadm-init",
             StepId::Applications => "applications",
+            StepId::KubeadmJoin => "kubeadm-join",
         }
+    }
+
+    /// The steps of `join`: the node gets the runtime and Kubernetes, and pulls from the first
+    /// control plane's registry instead of serving one.
+    pub const JOIN: [StepId; 5] =
+        [StepId::Extract, StepId::Runtime, StepId::Registry, StepId::Kubernetes, StepId::KubeadmJoin];
+
+    /// Every step `install` and `join` know, to read a name back.
+    pub fn from_name(name: &str) -> Option<StepId> {
+        StepId::ALL.into_iter().chain([StepId::KubeadmJoin]).find(|s| s.name() == name)
     }
 
     /// Whether this version of kubeferry carries the step out (every step, since this version).
@@ -124,6 +141,24 @@ pub struct InstallConfig {
     pub cmd: Option<String>,
     /// The bundle as the user runs it (`edge-v1.20.2-linux-amd64.run`), for the join commands.
     pub bundle_file: String,
+    /// Join an existing cluster (`join`) instead of creating one.
+    pub join: Option<JoinRequest>,
+}
+
+/// What `join` is told.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    /// The API server, token, CA hash and (for a control plane) certificate key.
+    pub params: crate::kubeadm::JoinParams,
+    /// Join as a control-plane node.
+    pub control_plane: bool,
+}
+
+impl InstallConfig {
+    /// The steps this run carries out: `install`'s or `join`'s.
+    pub fn steps(&self) -> &'static [StepId] {
+        if self.join.is_some() { &StepId::JOIN } else { &StepId::ALL }
+    }
 }
 
 impl InstallConfig {
@@ -140,6 +175,7 @@ impl InstallConfig {
             kubeadm_config: None,
             cmd: None,
             bundle_file: bundle_file.into(),
+            join: None,
         }
     }
 }
@@ -192,7 +228,8 @@ pub fn plan(host: &dyn Host, verified: &Verified, config: &InstallConfig) -> Res
     let state = load_state(host, &verified.manifest.name)?.unwrap_or_default();
     let registry = format!("{}:{}", config.registry_domain, config.registry_port);
     let rootfs = config.rootfs_dir.display();
-    let steps = StepId::ALL
+    let steps = config
+        .steps()
         .iter()
         .map(|&id| PlannedStep {
             id,
@@ -205,9 +242,30 @@ pub fn plan(host: &dyn Host, verified: &Verified, config: &InstallConfig) -> Res
                     cri::TARBALL,
                     cri::BIN_DIR
                 ),
+                StepId::Registry if config.join.is_some() => format!(
+                    "pull from the first control plane's registry: {} -> {} in /etc/hosts",
+                    config.registry_domain, config.registry_address
+                ),
                 StepId::Registry => format!(
                     "serve {rootfs}/registry on {registry} ({} -> {}) as {REGISTRY_UNIT_NAME}",
                     config.registry_domain, config.registry_address
+                ),
+                StepId::KubeadmJoin => format!(
+                    "render etc/kubeadm.yml's JoinConfiguration{} into {}, run kubeadm join{}",
+                    match &config.kubeadm_config {
+                        Some(path) => format!(" with '{}' merged over it", path.display()),
+                        None => String::new(),
+                    },
+                    kubeadm_join::CONFIG,
+                    match &config.join {
+                        Some(join) if join.control_plane => format!(
+                            " as a control plane of {}, copy admin.conf to {}",
+                            join.params.server,
+                            kubeadm_init::ROOT_KUBECONFIG
+                        ),
+                        Some(join) => format!(" as a worker of {}", join.params.server),
+                        None => String::new(),
+                    }
                 ),
                 StepId::Kubernetes => format!(
                     "put {rootfs}/bin/* (kubeadm, kubelet, kubectl, ...) into {KUBERNETES_BIN_DIR}, \
@@ -273,11 +331,16 @@ pub fn requirements(
     Requirements {
         arch: m.arch,
         cgroup_driver: if config.systemd_cgroup { "systemd" } else { "cgroupfs" }.into(),
-        ports: CONTROL_PLANE_PORTS
-            .iter()
-            .copied()
-            .chain((!done(StepId::Registry)).then_some(config.registry_port))
-            .collect(),
+        ports: match &config.join {
+            // A worker runs only the kubelet; no node but the first serves the registry.
+            Some(join) if !join.control_plane => vec![KUBELET_PORT],
+            Some(_) => CONTROL_PLANE_PORTS.to_vec(),
+            None => CONTROL_PLANE_PORTS
+                .iter()
+                .copied()
+                .chain((!done(StepId::Registry)).then_some(config.registry_port))
+                .collect(),
+        },
         disk: if done(StepId::Extract) {
             Vec::new()
         } else {
@@ -329,18 +392,19 @@ pub fn run(
     host.update(|state| {
         state.rootfs_dir = Some(config.rootfs_dir.clone());
         state.registry = Some(format!("{}:{}", config.registry_domain, config.registry_port));
+        state.joined = config.join.as_ref().map(|j| j.params.server.clone());
     })?;
 
     let rootfs = host.path(&config.rootfs_dir);
     let mut ran = false;
-    for step in StepId::ALL {
+    for &step in config.steps() {
         if host.state().done.contains(&step) {
             host.log(&format!("step {step}: done by an earlier run"));
             continue;
         }
         if !step.implemented() {
             let done = host.state().done;
-            let rest = StepId::ALL.into_iter().filter(|s| !done.contains(s)).collect();
+            let rest = config.steps().iter().copied().filter(|s| !done.contains(s)).collect();
             return Ok(Outcome::StoppedBefore(rest));
         }
         host.log(&format!("step {step}: start"));
@@ -361,6 +425,7 @@ pub fn run(
                 };
                 cri::install_containerd(host, &rootfs, &settings)?;
             }
+            StepId::Registry if config.join.is_some() => registry::use_remote(host, config)?,
             StepId::Registry => registry::start(host, bundle, &rootfs, config)?,
             StepId::Kubernetes => kubernetes::install(host, &rootfs, reporter)?,
             StepId::KubeadmInit => {
@@ -371,6 +436,10 @@ pub fn run(
                 kubeadm_init::run(host, &rootfs, config, &bundled, retry)?;
             }
             StepId::Applications => applications::run(host, &rootfs, &manifest.image, config)?,
+            StepId::KubeadmJoin => {
+                let kubernetes_version = manifest.kubernetes_version.as_deref();
+                kubeadm_join::run(host, &rootfs, config, kubernetes_version, retry)?;
+            }
         }
         host.update(|state| {
             state.running = None;
@@ -432,7 +501,41 @@ mod tests {
             kubeadm_config: None,
             cmd: None,
             bundle_file: "edge.run".into(),
+            join: None,
         }
+    }
+
+    fn joining(control_plane: bool) -> InstallConfig {
+        let params = crate::kubeadm::JoinParams {
+            server: "10.0.0.10:6443".into(),
+            token: "abcdef.0123456789abcdef".into(),
+            ca_cert_hash: format!("sha256:{}", "ab".repeat(32)),
+            certificate_key: None,
+            bundle: "edge.run".into(),
+        };
+        InstallConfig {
+            registry_address: "10.0.0.10".into(),
+            join: Some(JoinRequest { params, control_plane }),
+            ..config()
+        }
+    }
+
+    #[test]
+    fn a_join_plans_its_own_steps_and_checks_only_the_ports_its_role_needs() {
+        let config = joining(false);
+        assert_eq!(config.steps(), StepId::JOIN);
+        let plan = Plan {
+            steps: config
+                .steps()
+                .iter()
+                .map(|&id| PlannedStep { id, summary: String::new(), done: false })
+                .collect(),
+        };
+        let worker = requirements(&verified(), &[], &config, &plan, false);
+        assert_eq!(worker.ports, [KUBELET_PORT]);
+        let control = requirements(&verified(), &[], &joining(true), &plan, false);
+        assert_eq!(control.ports, CONTROL_PLANE_PORTS, "no registry port: the first node serves it");
+        assert_eq!(StepId::from_name("kubeadm-join"), Some(StepId::KubeadmJoin));
     }
 
     fn plan_with(done: &[StepId]) -> Plan {

@@ -57,6 +57,12 @@ pub fn start(host: &dyn Host, bundle: &Bundle, rootfs: &Path, config: &InstallCo
     Ok(())
 }
 
+/// On a joining node: maps the registry domain to the first control plane's registry in
+/// /etc/hosts (`config.registry_address`), so that the runtime pulls from it; serves nothing.
+pub fn use_remote(host: &dyn Host, config: &InstallConfig) -> Result<()> {
+    add_hosts_line(host, &format!("{} {} {HOSTS_MARKER}", config.registry_address, config.registry_domain))
+}
+
 /// Appends `line` to /etc/hosts unless it is there.
 fn add_hosts_line(host: &dyn Host, line: &str) -> Result<()> {
     let path = host.path(Path::new(HOSTS));

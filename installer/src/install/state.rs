@@ -56,6 +56,16 @@ pub struct State {
     /// The bundled registry as `domain:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<String>,
+    /// The API server this node joined (`join`), as `host:port`; none for `install`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<String>,
+}
+
+impl State {
+    /// The steps of the run that wrote this state: `join`'s or `install`'s.
+    pub fn steps(&self) -> &'static [StepId] {
+        if self.joined.is_some() { &StepId::JOIN } else { &StepId::ALL }
+    }
 }
 
 /// A host file the install replaced.

@@ -1,0 +1,66 @@
+//! The kubeadm-join step of `join`: the image's kubeadm configuration rendered with this
+//! host's facts and the user's `--config`, its `JoinConfiguration` given the discovery of the
+//! cluster to join ([`crate::kubeadm::join_config`]), written to [`CONFIG`], and `kubeadm join`
+//! run with it. A control-plane node also gets `admin.conf` for root.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::kubeadm_init::{ADMIN_CONF, ROOT_KUBECONFIG, configuration_values, image_configuration};
+use super::{InstallConfig, kubernetes_bin};
+use crate::error::{Error, Result};
+use crate::host::{Host, copy_file, write_file};
+use crate::kubeadm;
+
+/// The configuration `kubeadm join` runs with.
+pub const CONFIG: &str = "/etc/kubernetes/kubeadm-kubeferry-join.yaml";
+
+/// Carries the step out. `retry`: an earlier run started `kubeadm join` and did not finish,
+/// so `kubeadm reset -f` runs first.
+pub fn run(
+    host: &dyn Host,
+    rootfs: &Path,
+    config: &InstallConfig,
+    kubernetes_version: Option<&str>,
+    retry: bool,
+) -> Result<()> {
+    let Some(join) = &config.join else {
+        return Err(Error::io("join", "kubeadm")(std::io::Error::other("no cluster to join was given")));
+    };
+    let (template, source) = image_configuration(rootfs)?;
+    let values = configuration_values(config, kubernetes_version, &source)?;
+    let kubeadm_error = |e: kubeadm::KubeadmError| Error::Io {
+        action: "render the join configuration from",
+        path: source.clone(),
+        source: std::io::Error::other(e),
+    };
+    let mut rendered = kubeadm::render(&template, &values).map_err(kubeadm_error)?;
+    if let Some(user) = &config.kubeadm_config {
+        let text = std::fs::read_to_string(user).map_err(Error::io("read", user))?;
+        rendered = kubeadm::merge(&rendered, &text).map_err(kubeadm_error)?;
+    }
+    let joining =
+        kubeadm::join_config(&rendered, &values, &join.params, join.control_plane).map_err(kubeadm_error)?;
+    write_file(host, Path::new(CONFIG), joining.as_bytes(), 0o600)?;
+
+    let kubeadm = host.path(&kubernetes_bin("kubeadm"));
+    if retry {
+        host.log("kubeadm join started before and did not finish: kubeadm reset -f first");
+        host.run(Command::new(&kubeadm).args(["reset", "-f"]))?;
+    }
+    // kubeadm's preflight is skipped for the reason kubeadm-init gives: kubeferry's has run.
+    host.run(
+        Command::new(&kubeadm)
+            .arg("join")
+            .arg("--config")
+            .arg(host.path(Path::new(CONFIG)))
+            .arg("--skip-phases=preflight"),
+    )?;
+    if join.control_plane {
+        let admin = host.path(Path::new(ADMIN_CONF));
+        if admin.is_file() {
+            copy_file(host, &admin, Path::new(ROOT_KUBECONFIG), 0o600)?;
+        }
+    }
+    Ok(())
+}
