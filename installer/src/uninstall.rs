@@ -163,7 +163,18 @@ pub fn run(host: &dyn Host, name: &str, options: &UninstallOptions) -> Result<Re
     for phase in Phase::ALL {
         host.log(&format!("uninstall {phase}: start"));
         match phase {
-            Phase::Reset => reset(host, &state, options.purge)?,
+            Phase::Reset => {
+                reset(host, &state, options.purge)?;
+                // The image's clean hooks undo what its init hooks did, while the files they
+                // need are still there. A failing one is logged: uninstall goes on.
+                for hook in &state.clean_hooks {
+                    if hook.dir.is_dir()
+                        && let Err(e) = crate::install::hooks::run(host, hook, &state.hook_env)
+                    {
+                        host.log(&format!("the image's hook ({}) failed; going on: {e}", hook.origin));
+                    }
+                }
+            }
             Phase::Services => {
                 for unit in units(&state).iter().rev() {
                     host.stop_service(unit)?;

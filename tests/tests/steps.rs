@@ -378,3 +378,67 @@ fn a_worker_joins_with_the_rendered_join_configuration_and_pulls_from_the_first_
     let after = snapshot(&host.root);
     assert!(before == after, "left behind:\n{}", diff(&before, &after));
 }
+
+/// A sealer image's lifecycle scripts run instead of the built-in steps they replace: its
+/// `scripts/init.sh` sets the node up (here: puts the STAND-IN kubeadm, kubelet and kubectl in
+/// place) instead of the runtime and kubernetes steps, `scripts/init-registry.sh` instead of
+/// serving the registry, and `scripts/clean.sh` first thing on uninstall, after which the root
+/// is as it was.
+#[test]
+fn sealer_lifecycle_scripts_replace_the_built_in_steps_and_clean_up_on_uninstall() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = kubernetes_rootfs(tmp.path());
+    let host = RootedHost::new(&tmp.path().join("host"));
+    host_skeleton(&host.root);
+    let log = tmp.path().join("hooks.log");
+    let bin = host.root.join("usr/bin");
+    write(
+        &rootfs.join("scripts/init.sh"),
+        format!(
+            "set -e\necho \"init $registryDomain:$registryPort in $PWD\" >> {log}\nmkdir -p {bin}\ncp bin/kubeadm bin/kubelet bin/kubectl {bin}/\n",
+            log = log.display(),
+            bin = bin.display()
+        ),
+    );
+    write(
+        &rootfs.join("scripts/init-registry.sh"),
+        format!("echo \"init-registry $registryData\" >> {}\n", log.display()),
+    );
+    write(
+        &rootfs.join("scripts/clean.sh"),
+        format!(
+            "echo clean >> {log}\nrm -f {bin}/kubeadm {bin}/kubelet {bin}/kubectl\n",
+            log = log.display(),
+            bin = bin.display()
+        ),
+    );
+    let (bundle, verified) = open_bundle(tmp.path(), &rootfs);
+    let before = snapshot(&host.root);
+
+    let config = config();
+    let outcome = install::run(&host, &bundle, &verified, &config, &Silent)
+        .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
+    assert_eq!(outcome, Outcome::Installed(Some(standin_join())));
+    let installed = host.root.join("var/lib/kubeferry/example/rootfs");
+    let port = config.registry_port;
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        format!(
+            "init sea.hub:{port} in {}\ninit-registry {}\n",
+            installed.display(),
+            installed.join("registry").display()
+        )
+    );
+    assert!(
+        !host.root.join("usr/local/bin/containerd").exists(),
+        "the image's init replaced the runtime step"
+    );
+    assert!(!host.root.join("etc/systemd/system/kubeferry-registry.service").exists());
+    assert!(host.log_text().contains("the image's hook (sealer scripts/init.sh): bash scripts/init.sh"));
+
+    uninstall::run(&host, "example", &UninstallOptions { purge: true, fail_after: None })
+        .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
+    assert!(fs::read_to_string(&log).unwrap().ends_with("clean\n"));
+    let after = snapshot(&host.root);
+    assert!(before == after, "left behind:\n{}", diff(&before, &after));
+}

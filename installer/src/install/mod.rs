@@ -8,6 +8,7 @@
 //! [`kubeadm_init`], [`applications`].
 
 pub mod applications;
+pub mod hooks;
 pub mod kubeadm_init;
 pub mod kubeadm_join;
 pub mod kubernetes;
@@ -298,6 +299,23 @@ pub fn plan(host: &dyn Host, verified: &Verified, config: &InstallConfig) -> Res
     Ok(Plan { steps })
 }
 
+/// Keeps the image's clean hooks in the state, so that uninstall runs them without the bundle.
+fn remember_clean_hooks(
+    host: &state::Recorder<'_>,
+    rootfs: &Path,
+    image: &crate::manifest::ImageConfig,
+) -> Result<()> {
+    let found: Vec<hooks::HookCommand> = [hooks::Hook::Clean, hooks::Hook::CleanRegistry]
+        .into_iter()
+        .filter_map(|hook| hooks::find(hook, rootfs, image))
+        .collect();
+    let env = image.env.clone();
+    host.update(|state| {
+        state.clean_hooks = found;
+        state.hook_env = env;
+    })
+}
+
 /// Tools the install and the images' scripts call, unless the bundle's bin/ carries them.
 pub const HOST_TOOLS: [&str; 5] = ["iptables", "conntrack", "socat", "mount", "modprobe"];
 /// Room beyond the unpacked payload for logs, state and the runtime's first writes.
@@ -418,15 +436,36 @@ pub fn run(
                 extract::extract(bundle, verified, &rootfs, &options, reporter)?;
             }
             StepId::Runtime => {
-                let settings = RuntimeSettings {
-                    registry: format!("{}:{}", config.registry_domain, config.registry_port),
-                    systemd_cgroup: config.systemd_cgroup,
-                    sandbox_image: None,
-                };
-                cri::install_containerd(host, &rootfs, &settings)?;
+                let env = hooks::environment(&manifest.image, config, &rootfs);
+                if let Some(check) = hooks::find(hooks::Hook::Check, &rootfs, &manifest.image) {
+                    hooks::run(host, &check, &env)?;
+                }
+                remember_clean_hooks(host, &rootfs, &manifest.image)?;
+                match hooks::find(hooks::Hook::Init, &rootfs, &manifest.image) {
+                    Some(init) => {
+                        hooks::run(host, &init, &env)?;
+                    }
+                    None => {
+                        let settings = RuntimeSettings {
+                            registry: format!("{}:{}", config.registry_domain, config.registry_port),
+                            systemd_cgroup: config.systemd_cgroup,
+                            sandbox_image: None,
+                        };
+                        cri::install_containerd(host, &rootfs, &settings)?;
+                    }
+                }
             }
             StepId::Registry if config.join.is_some() => registry::use_remote(host, config)?,
-            StepId::Registry => registry::start(host, bundle, &rootfs, config)?,
+            StepId::Registry => match hooks::find(hooks::Hook::InitRegistry, &rootfs, &manifest.image) {
+                Some(init) => {
+                    registry::use_remote(host, config)?;
+                    hooks::run(host, &init, &hooks::environment(&manifest.image, config, &rootfs))?;
+                }
+                None => registry::start(host, bundle, &rootfs, config)?,
+            },
+            StepId::Kubernetes if hooks::find(hooks::Hook::Init, &rootfs, &manifest.image).is_some() => {
+                host.log("step kubernetes: the image's init hook set the node up");
+            }
             StepId::Kubernetes => kubernetes::install(host, &rootfs, reporter)?,
             StepId::KubeadmInit => {
                 let bundled = kubeadm_init::Bundled {

@@ -56,6 +56,12 @@ pub struct State {
     /// The bundled registry as `domain:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<String>,
+    /// The image's clean hooks, run first by uninstall.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clean_hooks: Vec<super::hooks::HookCommand>,
+    /// The environment the hooks run with (the image's ENV).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hook_env: BTreeMap<String, String>,
     /// The API server this node joined (`join`), as `host:port`; none for `install`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub joined: Option<String>,
