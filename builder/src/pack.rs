@@ -457,6 +457,50 @@ struct Output {
     sha256: Sha256,
     blake2b: FileDigest,
     len: u64,
+    flusher: Option<Flusher>,
+}
+
+/// Every [`FLUSH_EVERY`] bytes written, asks a thread of its own to `fdatasync` the output, so
+/// that the data goes to disk while the next chunks are compressed and the final sync before
+/// the rename has little left to do.
+struct Flusher {
+    ticks: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<()>,
+    since: u64,
+}
+
+/// How much output is written between two background syncs.
+const FLUSH_EVERY: u64 = 128 << 20;
+
+impl Flusher {
+    fn start(file: &File) -> Option<Flusher> {
+        let clone = file.try_clone().ok()?;
+        // One tick may wait: a sync still running when the next is due is not queued twice.
+        let (ticks, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::spawn(move || {
+            while rx.recv().is_ok() {
+                // An error here shows again, and is reported, at the final sync.
+                let _ = clone.sync_data();
+            }
+        });
+        Some(Flusher { ticks, thread, since: 0 })
+    }
+
+    /// Counts `n` bytes written (and flushed to the kernel); ticks when enough are.
+    fn wrote(&mut self, n: u64) -> bool {
+        self.since += n;
+        self.since >= FLUSH_EVERY
+    }
+
+    fn tick(&mut self) {
+        self.since = 0;
+        let _ = self.ticks.try_send(());
+    }
+
+    fn stop(self) {
+        drop(self.ticks);
+        let _ = self.thread.join();
+    }
 }
 
 impl Output {
@@ -469,6 +513,7 @@ impl Output {
             .mode(0o755)
             .open(&partial)
             .map_err(Error::io("create", &partial))?;
+        let flusher = Flusher::start(&file);
         Ok(Output {
             path: path.to_path_buf(),
             partial,
@@ -476,6 +521,7 @@ impl Output {
             sha256: Sha256::new(),
             blake2b: FileDigest::new(),
             len: 0,
+            flusher,
         })
     }
 
@@ -494,6 +540,12 @@ impl Output {
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         if let Some(file) = self.file.as_mut() {
             file.write_all(bytes).map_err(Error::io("write", &self.partial))?;
+            if let Some(flusher) = self.flusher.as_mut()
+                && flusher.wrote(bytes.len() as u64)
+            {
+                file.flush().map_err(Error::io("write", &self.partial))?;
+                flusher.tick();
+            }
         }
         self.sha256.update(bytes);
         self.blake2b.update(bytes);
@@ -533,6 +585,9 @@ impl Output {
     fn commit(mut self, file_name: &str, key: Option<&SecretKey>, manifest: Manifest) -> Result<Packed> {
         if let Some(file) = self.file.take() {
             let file = file.into_inner().map_err(|e| Error::io("write", &self.partial)(e.into_error()))?;
+            if let Some(flusher) = self.flusher.take() {
+                flusher.stop();
+            }
             file.sync_all().map_err(Error::io("sync", &self.partial))?;
         }
         let sha256 = Digest::from_hasher(std::mem::take(&mut self.sha256));
