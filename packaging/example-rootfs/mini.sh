@@ -142,7 +142,7 @@ fi
 
 # --- the common tree ---------------------------------------------------------------------------
 
-mkdir -p "$new"/{etc,scripts,manifests,statics} "$new/registry/docker/registry/v2"
+mkdir -p "$new"/{etc,manifests,statics} "$new/registry/docker/registry/v2"
 
 cat >"$new/Kubefile" <<EOF
 # The build file of a sealer cluster image. kubeferry packs the directory as it is and does
@@ -456,43 +456,8 @@ rules:
   - level: Metadata
 EOF
 
-cat >"$new/scripts/init.sh" <<'EOF'
-#!/bin/bash
-# EXAMPLE ONLY. This miniature cluster image cannot set up a node (it has no kubeadm, kubelet
-# or images), so this script changes nothing: it prints the steps a real init.sh takes, with
-# this image's paths. Run from the rootfs's scripts/ directory, as sealer does.
-set -euo pipefail
-arch="$(dpkg --print-architecture 2>/dev/null || uname -m)"
-cat <<STEPS
-init.sh (example, changes nothing; host architecture: $arch)
-  tar -xzf ../cri/containerd.tar.gz -C /usr/local     # bin/containerd, ctr, shim, runc
-  install -m 0644 ../etc/containerd.service /etc/systemd/system/
-  install -D -m 0644 ../etc/config.toml /etc/containerd/config.toml
-  install -D -m 0644 ../etc/hosts.toml /etc/containerd/certs.d/sea.hub:5000/hosts.toml
-  install -m 0755 ../bin/* /usr/bin/                   # conntrack, socat, ethtool (+ kubeadm, kubelet, kubectl)
-  install -m 0644 ../etc/kubelet.service /etc/systemd/system/
-  install -D -m 0644 ../etc/10-kubeadm.conf /etc/systemd/system/kubelet.service.d/10-kubeadm.conf
-  install -D -m 0644 ../statics/audit-policy.yml /etc/kubernetes/audit-policy.yml
-  systemctl daemon-reload && systemctl enable --now containerd kubelet
-  # then: run the registry on ../registry, import the images, kubeadm init --config ../etc/kubeadm.yml
-STEPS
-EOF
-
-cat >"$new/scripts/clean.sh" <<'EOF'
-#!/bin/bash
-# EXAMPLE ONLY. Changes nothing: prints the steps a real clean.sh takes to undo init.sh.
-set -euo pipefail
-cat <<STEPS
-clean.sh (example, changes nothing)
-  kubeadm reset -f
-  systemctl disable --now kubelet containerd
-  rm -f /etc/systemd/system/kubelet.service /etc/systemd/system/containerd.service
-  rm -rf /etc/systemd/system/kubelet.service.d /etc/containerd
-  rm -f /usr/local/bin/{containerd,containerd-shim-runc-v2,ctr,runc} /usr/bin/{conntrack,socat,ethtool}
-  systemctl daemon-reload
-STEPS
-EOF
-chmod 0755 "$new/scripts/init.sh" "$new/scripts/clean.sh"
+# No scripts/: kubeferry runs an image's sealer scripts (scripts/init.sh, clean.sh, ...) in
+# place of its built-in steps, and this miniature has nothing for them to do.
 
 # --- README.md ----------------------------------------------------------------------------------
 
@@ -509,8 +474,7 @@ sealer images ship, for Kubernetes $K8S_VERSION.
 **It is NOT a working Kubernetes.** There is no kubeadm, kubelet or kubectl and no container
 image: \`registry/\` is an empty registry layout and \`manifests/imageList\` only names the images.
 The real example image, with Kubernetes built from Debian's source, is a later step.
-\`scripts/init.sh\` and \`scripts/clean.sh\` change nothing: they print the steps a real image's
-scripts take.
+It carries no \`scripts/\`: kubeferry's built-in install steps set the node up.
 
 ## Layout
 
@@ -521,7 +485,6 @@ scripts take.
 | \`etc/config.toml\`, \`etc/hosts.toml\`, \`etc/containerd.service\` | containerd: /etc/containerd/config.toml, certs.d/$REGISTRY/hosts.toml, its systemd unit |
 | \`etc/kubelet.service\`, \`etc/10-kubeadm.conf\` | the kubelet's systemd unit and kubeadm's drop-in |
 | \`etc/registry_config.yml\` | the cluster registry's (distribution's) configuration |
-| \`scripts/\` | \`init.sh\`, \`clean.sh\` (examples, see above) |
 | \`manifests/imageList\` | the control-plane images, as \`$REGISTRY/NAME:TAG\` |
 | \`statics/audit-policy.yml\` | the API server's audit policy |
 | \`registry/docker/registry/v2/\` | the registry's storage, empty |
