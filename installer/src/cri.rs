@@ -350,39 +350,8 @@ mod tests {
 
     #[test]
     fn the_default_configuration_on_a_real_host() {
-        struct Real;
-        impl Host for Real {
-            fn path(&self, target: &Path) -> PathBuf {
-                target.to_path_buf()
-            }
-            fn run(&self, _: &mut Command) -> Result<String> {
-                unreachable!()
-            }
-            fn start_service(&self, _: &str) -> Result<()> {
-                unreachable!()
-            }
-            fn stop_service(&self, _: &str) -> Result<()> {
-                unreachable!()
-            }
-            fn enable_service(&self, _: &str) -> Result<()> {
-                unreachable!()
-            }
-            fn service_active(&self, _: &str) -> bool {
-                unreachable!()
-            }
-            fn reload_units(&self) -> Result<()> {
-                unreachable!()
-            }
-            fn load_module(&self, _: &str) -> Result<()> {
-                unreachable!()
-            }
-            fn apply_sysctls(&self, _: &Path) -> Result<()> {
-                unreachable!()
-            }
-            fn log(&self, _: &str) {}
-        }
         let s = RuntimeSettings { sandbox_image: Some("sea.hub:5000/pause:3.2".into()), ..settings() };
-        let out = render_config(DEFAULT_CONFIG, &Real, &s).unwrap();
+        let out = render_config(DEFAULT_CONFIG, &crate::host::PathsOnly("/".into()), &s).unwrap();
         assert_eq!(
             out,
             "# containerd configuration written by kubeferry.\nversion = 2\nroot = \"/var/lib/containerd\"\n\
@@ -394,7 +363,10 @@ mod tests {
              [grpc]\naddress = \"/run/containerd/containerd.sock\"\n"
         );
         assert_eq!(
-            render_unit(DEFAULT_UNIT, &Real).unwrap().lines().find(|l| l.starts_with("ExecStart=")),
+            render_unit(DEFAULT_UNIT, &crate::host::PathsOnly("/".into()))
+                .unwrap()
+                .lines()
+                .find(|l| l.starts_with("ExecStart=")),
             Some("ExecStart=/usr/local/bin/containerd --config /etc/containerd/config.toml")
         );
     }

@@ -233,3 +233,41 @@ pub fn run_logged(host: &dyn Host, command: &mut Command, log_path: &Path) -> Re
     }
     Ok(stdout)
 }
+
+/// A host for unit tests of code that only maps paths, below `self.0`; anything else it is
+/// asked is a bug in the test.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct PathsOnly(pub PathBuf);
+
+#[cfg(test)]
+impl Host for PathsOnly {
+    fn path(&self, target: &Path) -> PathBuf {
+        self.0.join(target.strip_prefix("/").unwrap_or(target))
+    }
+    fn run(&self, _: &mut Command) -> Result<String> {
+        unreachable!("a paths-only test host runs nothing")
+    }
+    fn start_service(&self, _: &str) -> Result<()> {
+        unreachable!("a paths-only test host runs nothing")
+    }
+    fn stop_service(&self, _: &str) -> Result<()> {
+        unreachable!("a paths-only test host runs nothing")
+    }
+    fn enable_service(&self, _: &str) -> Result<()> {
+        unreachable!("a paths-only test host runs nothing")
+    }
+    fn service_active(&self, _: &str) -> bool {
+        unreachable!("a paths-only test host runs nothing")
+    }
+    fn reload_units(&self) -> Result<()> {
+        unreachable!("a paths-only test host runs nothing")
+    }
+    fn load_module(&self, _: &str) -> Result<()> {
+        unreachable!("a paths-only test host runs nothing")
+    }
+    fn apply_sysctls(&self, _: &Path) -> Result<()> {
+        unreachable!("a paths-only test host runs nothing")
+    }
+    fn log(&self, _: &str) {}
+}

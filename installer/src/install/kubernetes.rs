@@ -216,37 +216,7 @@ fn modules_file() -> String {
 mod tests {
     use super::*;
 
-    struct At(PathBuf);
-    impl Host for At {
-        fn path(&self, target: &Path) -> PathBuf {
-            self.0.join(target.strip_prefix("/").unwrap_or(target))
-        }
-        fn run(&self, _: &mut std::process::Command) -> Result<String> {
-            unreachable!()
-        }
-        fn start_service(&self, _: &str) -> Result<()> {
-            unreachable!()
-        }
-        fn stop_service(&self, _: &str) -> Result<()> {
-            unreachable!()
-        }
-        fn enable_service(&self, _: &str) -> Result<()> {
-            unreachable!()
-        }
-        fn service_active(&self, _: &str) -> bool {
-            unreachable!()
-        }
-        fn reload_units(&self) -> Result<()> {
-            unreachable!()
-        }
-        fn load_module(&self, _: &str) -> Result<()> {
-            unreachable!()
-        }
-        fn apply_sysctls(&self, _: &Path) -> Result<()> {
-            unreachable!()
-        }
-        fn log(&self, _: &str) {}
-    }
+    use crate::host::PathsOnly as At;
 
     #[test]
     fn the_drop_in_names_the_installed_kubelet_and_keeps_the_reset() {
