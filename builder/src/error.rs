@@ -87,9 +87,18 @@ pub enum Error {
     /// Reading or verifying a bundle failed.
     #[error(transparent)]
     Bundle(#[from] kubeferry_installer::Error),
+    /// Pulling an image failed.
+    #[error(transparent)]
+    Pull(Box<crate::pull::PullError>),
     /// Interrupted by a signal; the partial output was removed.
     #[error("interrupted; the partial output was removed")]
     Interrupted,
+}
+
+impl From<crate::pull::PullError> for Error {
+    fn from(e: crate::pull::PullError) -> Self {
+        Error::Pull(Box::new(e))
+    }
 }
 
 impl Error {
@@ -123,6 +132,7 @@ impl Error {
             Error::AlreadySigned { .. } => Some("pass --force to sign it again with another key".into()),
             Error::Key(key) => key.hint(),
             Error::Bundle(e) => e.hint(),
+            Error::Pull(e) => e.hint(),
             _ => None,
         }
     }
