@@ -401,7 +401,21 @@ struct TokenFront {
 
 const TOKEN: &str = "kubeferry-test-token";
 
+/// How a [`front`] behaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Bearer tokens, as described above.
+    Token,
+    /// No authentication; the first request for each manifest gets 503, the first for each
+    /// blob gets its headers and half its body before the connection closes.
+    Flaky,
+}
+
 fn token_front(backend: SocketAddr) -> TokenFront {
+    front(backend, Mode::Token)
+}
+
+fn front(backend: SocketAddr, mode: Mode) -> TokenFront {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -411,7 +425,7 @@ fn token_front(backend: SocketAddr) -> TokenFront {
             let Ok(stream) = stream else { continue };
             let log = log.clone();
             std::thread::spawn(move || {
-                let _ = serve_front(stream, addr, backend, &log);
+                let _ = serve_front(stream, addr, backend, &log, mode);
             });
         }
     });
@@ -423,6 +437,7 @@ fn serve_front(
     me: SocketAddr,
     backend: SocketAddr,
     log: &std::sync::Mutex<Vec<String>>,
+    mode: Mode,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
@@ -448,11 +463,41 @@ fn serve_front(
             })
         };
         let authorization = header("authorization").unwrap_or_default();
-        log.lock().unwrap().push(format!("{target} {authorization}"));
+        let first = {
+            let mut log = log.lock().unwrap();
+            log.push(format!("{target} {authorization}"));
+            log.iter().filter(|l| l.split(' ').next() == Some(target.as_str())).count() == 1
+        };
         let respond = |out: &mut std::net::TcpStream, status: &str, extra: &str, body: &[u8]| {
             write!(out, "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\n\r\n", body.len())?;
             out.write_all(body)
         };
+        let forward = |target: &str| -> std::io::Result<Vec<u8>> {
+            let mut upstream = std::net::TcpStream::connect(backend)?;
+            let accept = header("accept").map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+            write!(
+                upstream,
+                "GET {target} HTTP/1.1\r\nHost: {backend}\r\n{accept}Connection: close\r\n\r\n"
+            )?;
+            let mut response = Vec::new();
+            std::io::Read::read_to_end(&mut upstream, &mut response)?;
+            Ok(response)
+        };
+        if mode == Mode::Flaky {
+            let response = forward(&target)?;
+            if first && target.contains("/manifests/") {
+                respond(&mut out, "503 Service Unavailable", "", b"try again")?;
+                continue;
+            }
+            if first && target.contains("/blobs/") {
+                let head = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let cut = head + (response.len() - head) / 2;
+                out.write_all(&response[..cut])?;
+                return Ok(());
+            }
+            out.write_all(&response)?;
+            return Ok(());
+        }
         if let Some(query) = target.strip_prefix("/token?") {
             let good_user = authorization == format!("Basic {}", base64_encode("robot:t0ken-pass"));
             if good_user
@@ -482,13 +527,8 @@ fn serve_front(
             )?;
             continue;
         }
-        // Forward to docker-registry with curl-less std: one request, Connection: close.
-        let mut upstream = std::net::TcpStream::connect(backend)?;
-        let accept = header("accept").map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
-        write!(upstream, "GET {target} HTTP/1.1\r\nHost: {backend}\r\n{accept}Connection: close\r\n\r\n")?;
-        let mut response = Vec::new();
-        std::io::Read::read_to_end(&mut upstream, &mut response)?;
-        out.write_all(&response)?;
+        // Forward to docker-registry: one request, then the connection closes.
+        out.write_all(&forward(&target)?)?;
         return Ok(());
     }
 }
@@ -521,6 +561,24 @@ fn bearer_token_authentication() {
             front.addr, front.addr
         )
     );
+}
+
+#[test]
+fn server_errors_and_cut_transfers_are_retried() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_source, backend) = docker_registry(dir, &f.storage);
+    let flaky = front(backend, Mode::Flaky);
+    let (pulled, c) = pull(
+        options(&dir.join("cache"), &["amd64"]),
+        &[reference(flaky.addr, "library/app:v1")],
+        &dir.join("out"),
+    );
+    assert_eq!(pulled.unwrap()[0].digest, f.made.app.manifest.digest);
+    // The manifest's 503, then the config and the layer cut in half: each tried again once.
+    assert_eq!((c.retries, c.blobs_fetched, c.manifests_fetched), (3, 2, 1), "{c:?}");
+    assert_eq!(kubeferry_tests::listing(&dir.join("cache/tmp")), Vec::<String>::new());
 }
 
 #[test]

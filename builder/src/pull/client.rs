@@ -117,6 +117,9 @@ impl Client {
             .timeout_per_read(Some(options.timeout))
             .user_agent(concat!("kubeferry/", env!("CARGO_PKG_VERSION")))
             .max_idle_connections_per_host(8)
+            // As Go's client does: credentials follow a redirect only to the same host (a blob
+            // redirected to object storage carries its own signature).
+            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
             .build();
         let mut options = options;
         options.mirrors.sort_by_key(|m| std::cmp::Reverse(m.from.len()));

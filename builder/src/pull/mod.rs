@@ -258,7 +258,22 @@ impl Puller {
         reporter.begin(&format!("storing {} images", plans.len()), 0);
         let mut pulled = Vec::new();
         for plan in &plans {
-            pulled.push(self.store(&store, plan, &blobs)?);
+            let image = self.store(&store, plan, &blobs)?;
+            let wanted = &self.options.platforms;
+            if !self.options.all_platforms
+                && !image.platforms.is_empty()
+                && !image.platforms.iter().any(|p| wanted.iter().any(|w| w.matches(p)))
+            {
+                let wanted: Vec<String> = wanted.iter().map(ToString::to_string).collect();
+                let has: Vec<String> = image.platforms.iter().map(ToString::to_string).collect();
+                reporter.warn(&format!(
+                    "'{}' is a single-platform image for {}, not {}: it was pulled as it is",
+                    image.reference,
+                    has.join(", "),
+                    wanted.join(", ")
+                ));
+            }
+            pulled.push(image);
         }
         reporter.end();
         Ok(pulled)
