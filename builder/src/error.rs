@@ -113,6 +113,7 @@ impl Error {
         match self {
             Error::Bundle(e) => e.exit_code(),
             Error::Interrupted => exit::INTERRUPTED,
+            Error::Pull(e) if matches!(**e, crate::pull::PullError::Interrupted) => exit::INTERRUPTED,
             _ => exit::FAILED,
         }
     }

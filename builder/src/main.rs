@@ -414,6 +414,7 @@ fn pull(args: &PullArgs, term: &Terminal) -> Result<(), Error> {
         mirrors: args.mirror.iter().map(|m| m.parse()).collect::<Result<Vec<_>, _>>()?,
         insecure: args.insecure_registry.clone(),
         jobs: usize::from(args.jobs),
+        cancel: Some(kubeferry_term::cancel_on_signal()),
         ..PullOptions::default()
     };
     let puller = Puller::new(options)?;

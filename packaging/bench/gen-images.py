@@ -22,12 +22,8 @@ def put(data):
 
 
 def layer(name, mib, seed):
-    raw = hashlib.sha256(seed.encode()).digest()
-    payload = bytearray()
-    block = raw
-    size = int(mib * 1024 * 1024)
-    # Incompressible enough and fast: SHAKE-256 stream of the seed.
-    payload = hashlib.shake_256(raw).digest(size)
+    # Incompressible, reproducible and fast: a SHAKE-256 stream of the seed.
+    payload = hashlib.shake_256(seed.encode()).digest(int(mib * 1024 * 1024))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
         info = tarfile.TarInfo(name)

@@ -274,6 +274,22 @@ fn missing_images_and_platforms_are_named() {
 }
 
 #[test]
+fn an_interrupted_pull_links_nothing() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_source, addr) = docker_registry(dir, &f.storage);
+    let mut o = options(&dir.join("cache"), &["amd64"]);
+    o.cancel = Some(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)));
+    let out = dir.join("out");
+    let (result, c) =
+        pull(o, &[reference(addr, "library/app:v1"), reference(addr, "library/multi:v1")], &out);
+    assert_eq!(result.unwrap_err().to_string(), "interrupted; nothing was linked into the output");
+    assert_eq!(c.blobs_fetched, 0);
+    assert!(!out.exists());
+}
+
+#[test]
 fn a_mirror_serves_another_registry_under_the_original_names() {
     let f = fixture();
     let tmp = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest as _, Sha256};
 
@@ -94,6 +95,7 @@ impl BlobCache {
         size: u64,
         stats: &Stats,
         progress: &dyn Fn(u64),
+        cancel: Option<&AtomicBool>,
     ) -> Result<PathBuf, PullError> {
         let path = self.path(digest);
         if self.contains(digest, Some(size)) {
@@ -113,6 +115,9 @@ impl BlobCache {
             let outcome: Result<(), std::io::Error> = (|| {
                 let mut file = tmp.as_file();
                 loop {
+                    if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                        return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"));
+                    }
                     let n = reader.read(&mut buf)?;
                     if n == 0 {
                         return Ok(());
@@ -127,6 +132,9 @@ impl BlobCache {
                 }
             })();
             if let Err(source) = outcome {
+                if source.kind() == std::io::ErrorKind::Interrupted {
+                    return Err(PullError::Interrupted);
+                }
                 // A transfer cut short: again from the start, while attempts remain.
                 if attempt < client.attempts() {
                     stats.count_retry();

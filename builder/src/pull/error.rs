@@ -128,6 +128,9 @@ pub enum PullError {
         #[source]
         source: io::Error,
     },
+    /// Stopped by a signal; nothing was linked into the output.
+    #[error("interrupted; nothing was linked into the output")]
+    Interrupted,
     /// Reading a response body failed.
     #[error("could not read {what} {digest} of '{reference}' from {registry}")]
     Transfer {

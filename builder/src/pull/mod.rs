@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kubeferry_installer::progress::Reporter;
@@ -69,6 +69,9 @@ pub struct PullOptions {
     pub backoff: Duration,
     /// Connect and read timeout.
     pub timeout: Duration,
+    /// Set (by a signal handler) to stop: downloads end at their next chunk, nothing more is
+    /// linked, and the pull fails with [`PullError::Interrupted`].
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for PullOptions {
@@ -85,6 +88,7 @@ impl Default for PullOptions {
             attempts: 4,
             backoff: Duration::from_millis(500),
             timeout: Duration::from_secs(60),
+            cancel: None,
         }
     }
 }
@@ -235,13 +239,10 @@ impl Puller {
         let mut references = references.to_vec();
         references.sort();
         references.dedup();
-        let mut plans = Vec::new();
-        for reference in &references {
-            reporter.begin(&format!("resolving {reference}"), 0);
-            let plan = self.resolve(reference);
-            reporter.end();
-            plans.push(plan?);
-        }
+        reporter.begin(&format!("resolving {} images", references.len()), 0);
+        let plans = self.resolve_all(&references);
+        reporter.end();
+        let plans = plans?;
         // Every blob once, with an image that can fetch it.
         let mut wanted: BTreeMap<String, (u64, usize)> = BTreeMap::new();
         for (i, plan) in plans.iter().enumerate() {
@@ -254,6 +255,7 @@ impl Puller {
         let fetched = self.fetch_all(&plans, wanted, reporter);
         reporter.end();
         let blobs = fetched?;
+        self.check_cancel()?;
         let store = Store::new(out);
         reporter.begin(&format!("storing {} images", plans.len()), 0);
         let mut pulled = Vec::new();
@@ -277,6 +279,55 @@ impl Puller {
         }
         reporter.end();
         Ok(pulled)
+    }
+
+    fn cancelled(&self) -> bool {
+        self.options.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    fn check_cancel(&self) -> Result<(), PullError> {
+        if self.cancelled() { Err(PullError::Interrupted) } else { Ok(()) }
+    }
+
+    fn jobs(&self) -> usize {
+        if self.options.jobs == 0 { DEFAULT_JOBS } else { self.options.jobs }
+    }
+
+    /// Resolves every reference, `jobs` at a time, in order; the first error (in the order of
+    /// the references) is returned.
+    fn resolve_all(&self, references: &[Reference]) -> Result<Vec<Plan>, PullError> {
+        let next = AtomicU64::new(0);
+        let results: Mutex<Vec<Option<Result<Plan, PullError>>>> =
+            Mutex::new(references.iter().map(|_| None).collect());
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for _ in 0..self.jobs().min(references.len()) {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        if i >= references.len() || stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let result = if self.cancelled() {
+                            Err(PullError::Interrupted)
+                        } else {
+                            self.resolve(&references[i])
+                        };
+                        if result.is_err() {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        results.lock().unwrap_or_else(PoisonError::into_inner)[i] = Some(result);
+                    }
+                });
+            }
+        });
+        let results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+        if results.iter().all(|r| matches!(r, Some(Ok(_)))) {
+            return Ok(results.into_iter().flatten().flatten().collect());
+        }
+        // The first error in the order of the references; a reference left unresolved was
+        // skipped because another failed.
+        Err(results.into_iter().flatten().find_map(Result::err).unwrap_or(PullError::Interrupted))
     }
 
     /// Resolves a reference to the manifests and blobs it needs.
@@ -421,7 +472,7 @@ impl Puller {
         wanted: BTreeMap<String, (u64, usize)>,
         reporter: &dyn Reporter,
     ) -> Result<BTreeMap<String, PathBuf>, PullError> {
-        let jobs = if self.options.jobs == 0 { DEFAULT_JOBS } else { self.options.jobs };
+        let jobs = self.jobs();
         let queue: Mutex<VecDeque<(String, u64, usize)>> =
             Mutex::new(wanted.into_iter().map(|(d, (size, i))| (d, size, i)).collect());
         let done: Mutex<BTreeMap<String, PathBuf>> = Mutex::default();
@@ -435,15 +486,21 @@ impl Puller {
                         let Some((digest, size, i)) = next else { break };
                         let plan = &plans[i];
                         let progress = |n: u64| reporter.advance(n);
-                        match self.cache.fetch(
-                            &self.client,
-                            &plan.reference,
-                            &plan.endpoint,
-                            &digest,
-                            size,
-                            &self.stats,
-                            &progress,
-                        ) {
+                        let fetched = if self.cancelled() {
+                            Err(PullError::Interrupted)
+                        } else {
+                            self.cache.fetch(
+                                &self.client,
+                                &plan.reference,
+                                &plan.endpoint,
+                                &digest,
+                                size,
+                                &self.stats,
+                                &progress,
+                                self.options.cancel.as_deref(),
+                            )
+                        };
+                        match fetched {
                             Ok(path) => {
                                 done.lock().unwrap_or_else(PoisonError::into_inner).insert(digest, path);
                             }
