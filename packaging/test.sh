@@ -6,7 +6,8 @@
 #
 # The tests run the real tools: minisign (interoperability of keys and signatures), GNU time
 # (peak memory), tar and gzip (fixtures), Debian's docker-registry and skopeo (the bundled
-# registry), qemu-user-static and the cross toolchain (the arm64 stub). Mounting a small tmpfs for the full-disk test needs
+# registry and the registries images are pulled from), htpasswd (a registry with
+# authentication), qemu-user-static and the cross toolchain (the arm64 stub). Mounting a small tmpfs for the full-disk test needs
 # root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ command -v gzip >/dev/null || need+=(gzip)
 command -v tar >/dev/null || need+=(tar)
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -101,9 +101,18 @@ pub enum Error {
     /// A `--build-arg` that is not NAME=VALUE.
     #[error("--build-arg '{0}' is not NAME=VALUE")]
     BuildArg(String),
+    /// Pulling an image failed.
+    #[error(transparent)]
+    Pull(Box<crate::pull::PullError>),
     /// Interrupted by a signal; the partial output was removed.
     #[error("interrupted; the partial output was removed")]
     Interrupted,
+}
+
+impl From<crate::pull::PullError> for Error {
+    fn from(e: crate::pull::PullError) -> Self {
+        Error::Pull(Box::new(e))
+    }
 }
 
 impl Error {
@@ -118,6 +127,7 @@ impl Error {
         match self {
             Error::Bundle(e) => e.exit_code(),
             Error::Interrupted => exit::INTERRUPTED,
+            Error::Pull(e) if matches!(**e, crate::pull::PullError::Interrupted) => exit::INTERRUPTED,
             _ => exit::FAILED,
         }
     }
@@ -137,6 +147,7 @@ impl Error {
             Error::AlreadySigned { .. } => Some("pass --force to sign it again with another key".into()),
             Error::Key(key) => key.hint(),
             Error::Bundle(e) => e.hint(),
+            Error::Pull(e) => e.hint(),
             _ => None,
         }
     }

@@ -3,6 +3,8 @@
 //!
 //! The pipeline, in the order data flows:
 //!
+//! 0. [`pull`]: fetch the container images the cluster needs ([`reference`] parses their names)
+//!    from registries into the rootfs's `registry/`, in the docker distribution layout.
 //! 1. [`collect`]: walk the CloudRootfs, lay the target architecture's folder over the common
 //!    tree, normalise metadata, and read what the rootfs says of itself ([`collect::facts`]).
 //! 2. [`stub`]: find the static installer stub for the architecture and check its ELF header.
@@ -17,6 +19,8 @@ pub mod error;
 pub mod images;
 pub mod kubefile;
 pub mod pack;
+pub mod pull;
+pub mod reference;
 pub mod sign;
 pub mod stub;
 

@@ -89,6 +89,48 @@ enum Command {
         /// The bundle.
         file: PathBuf,
     },
+    /// Pull images from registries into a registry storage directory (docs/pull.md).
+    #[command(hide = true)]
+    Pull(PullArgs),
+}
+
+/// `kubeferry pull REF... --out DIR`: the image collection of a build, on its own.
+#[derive(Debug, Args)]
+struct PullArgs {
+    /// Image references (docker's syntax: nginx, registry.k8s.io/pause:3.9, name@sha256:...).
+    #[arg(required = true)]
+    references: Vec<String>,
+    /// The directory to store into (it gets docker/registry/v2, as a rootfs's registry/).
+    #[arg(long, short, value_name = "DIR")]
+    out: PathBuf,
+    /// Platforms to pull from a multi-platform image, comma-separated (amd64, arm64/v8,
+    /// linux/arm/v7).
+    #[arg(long, value_delimiter = ',', default_value = host_arch())]
+    arch: Vec<String>,
+    /// Keep every platform of a multi-platform image.
+    #[arg(long)]
+    all_platforms: bool,
+    /// The blob cache [default: $XDG_CACHE_HOME/kubeferry/blobs or ~/.cache/kubeferry/blobs].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Credentials for a registry, HOST=USER:PASSWORD (before ~/.docker/config.json).
+    #[arg(long, value_name = "HOST=USER:PASS")]
+    registry_auth: Vec<String>,
+    /// The docker configuration file to read credentials from.
+    #[arg(long, value_name = "FILE")]
+    docker_config: Option<PathBuf>,
+    /// Send requests for a registry (or registry/prefix) to another, FROM=TO.
+    #[arg(long, value_name = "FROM=TO")]
+    mirror: Vec<String>,
+    /// Speak plain HTTP to this registry (loopback registries always are).
+    #[arg(long, value_name = "HOST")]
+    insecure_registry: Vec<String>,
+    /// Parallel blob downloads.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
+    /// Print the images pulled as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +223,7 @@ fn main() -> ExitCode {
             }
             (format!("could not verify '{}'", file.display()), result)
         }
+        Command::Pull(args) => ("could not pull the images".to_string(), pull(&args, &term)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -478,6 +521,60 @@ fn verify(
             m.arch,
             m.index.entries
         ));
+    }
+    Ok(())
+}
+
+fn pull(args: &PullArgs, term: &Terminal) -> Result<(), Error> {
+    use kubeferry_builder::pull::{PullError, PullOptions, Puller, auth};
+    use kubeferry_builder::reference::Reference;
+    let references = args
+        .references
+        .iter()
+        .map(|r| Reference::parse(r).map_err(PullError::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    let platforms = args
+        .arch
+        .iter()
+        .map(|a| a.parse().map_err(PullError::Option))
+        .collect::<Result<Vec<_>, PullError>>()?;
+    let options = PullOptions {
+        platforms,
+        all_platforms: args.all_platforms,
+        cache_dir: args.cache_dir.clone(),
+        docker_config: args.docker_config.clone(),
+        registry_auth: args
+            .registry_auth
+            .iter()
+            .map(|a| auth::parse_registry_auth(a))
+            .collect::<Result<Vec<_>, _>>()?,
+        mirrors: args.mirror.iter().map(|m| m.parse()).collect::<Result<Vec<_>, _>>()?,
+        insecure: args.insecure_registry.clone(),
+        jobs: usize::from(args.jobs),
+        cancel: Some(kubeferry_term::cancel_on_signal()),
+        ..PullOptions::default()
+    };
+    let puller = Puller::new(options)?;
+    let start = std::time::Instant::now();
+    let pulled = puller.pull(&references, &args.out, term)?;
+    let c = puller.counters();
+    term.say(&format!(
+        "pulled {} images into '{}' in {:.1}s: {} blobs and {} manifests fetched ({}), {} from the cache",
+        pulled.len(),
+        args.out.display(),
+        start.elapsed().as_secs_f64(),
+        c.blobs_fetched,
+        c.manifests_fetched,
+        human_bytes(c.bytes_fetched),
+        c.cache_hits
+    ));
+    if args.json {
+        println!("{:#}", serde_json::json!({"images": pulled, "counters": c}));
+    } else {
+        for image in &pulled {
+            let platforms: Vec<String> = image.platforms.iter().map(ToString::to_string).collect();
+            println!("{}\t{}\t{}\t{}", image.reference, image.digest, platforms.join(","), image.size);
+        }
     }
     Ok(())
 }

@@ -52,13 +52,18 @@ impl Drop for Running {
 
 /// Debian's docker-registry on a free 127.0.0.1 port, storing under `storage`, ready.
 pub fn docker_registry(dir: &Path, storage: &Path) -> (Running, SocketAddr) {
+    docker_registry_with(dir, storage, "")
+}
+
+/// docker-registry with more configuration (YAML at the top level, such as an `auth:` section).
+pub fn docker_registry_with(dir: &Path, storage: &Path, extra: &str) -> (Running, SocketAddr) {
     let addr = free_addr();
     let config = dir.join("docker-registry.yml");
     fs::write(
         &config,
         format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-             delete:\n    enabled: false\nhttp:\n  addr: {addr}\n",
+             delete:\n    enabled: false\nhttp:\n  addr: {addr}\n{extra}",
             storage.display()
         ),
     )
