@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::error::{Error, Result};
+use crate::reference::Reference;
 
 /// Files in `etc/` that hold the kubeadm configuration.
 const KUBEADM_FILES: [&str; 4] =
@@ -51,7 +52,27 @@ pub fn discover(root: &Path) -> Result<Found> {
     if let Some(file) = KUBEADM_FILES.iter().map(|f| root.join(f)).find(|f| f.is_file()) {
         kubeadm_images(&file, &shown(root, &file), &mut found)?;
     }
-    Ok(found)
+    normalize(root, found)
+}
+
+/// Each reference in its canonical form (`busybox` is `docker.io/library/busybox:latest`), so
+/// that two spellings of one image are one; a reference that is not one is an error naming the
+/// file that holds it.
+fn normalize(root: &Path, found: Found) -> Result<Found> {
+    let mut out = Found::new();
+    for (raw, whys) in found {
+        let reference = Reference::parse(&raw).map_err(|e| Error::Images {
+            path: root.join(whys.first().and_then(|w| w.split(':').next()).unwrap_or("")),
+            reason: e.to_string(),
+        })?;
+        let entry = out.entry(reference.to_string()).or_default();
+        for why in whys {
+            if !entry.contains(&why) {
+                entry.push(why);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn shown(root: &Path, file: &Path) -> String {
@@ -284,7 +305,7 @@ mod tests {
             "manifests/app.yaml",
             "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  template:\n    spec:\n\
              \x20     initContainers: [{name: init, image: busybox:1.36}]\n\
-             \x20     containers:\n      - name: nginx\n        image: nginx@sha256:0123\n\
+             \x20     containers:\n      - name: nginx\n        image: nginx@sha256:0000000000000000000000000000000000000000000000000000000000000000\n\
              \x20     ephemeralContainers: [{name: dbg, image: 'docker.io/library/alpine:3'}]\n\
              ---\napiVersion: v1\nkind: List\nitems:\n- kind: Pod\n  metadata: {name: p}\n  spec:\n\
              \x20   containers: [{name: c, image: 'quay.io/x/y:1'}]\n\
@@ -301,7 +322,7 @@ mod tests {
             r,
             "charts/ingress/values.yaml",
             "controller:\n  image:\n    registry: registry.k8s.io\n    repository: ingress-nginx/controller\n    tag: v1.8.1\n\
-             defaultBackend:\n  image:\n    repository: defaultbackend\n    digest: sha256:abcd\n\
+             defaultBackend:\n  image:\n    repository: defaultbackend\n    digest: sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n\
              templated: {image: '{{ .Values.x }}'}\n",
         );
         write(r, "charts/ingress/templates/d.yaml", "image: {{ .Values.image }}\n");
@@ -316,12 +337,12 @@ mod tests {
         assert_eq!(
             refs,
             [
-                "busybox:1.36",
-                "calico/node:v3.26.1",
-                "defaultbackend@sha256:abcd",
+                "docker.io/calico/node:v3.26.1",
                 "docker.io/library/alpine:3",
+                "docker.io/library/busybox:1.36",
+                "docker.io/library/defaultbackend@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                "docker.io/library/nginx@sha256:0000000000000000000000000000000000000000000000000000000000000000",
                 "ghcr.io/a/b:2",
-                "nginx@sha256:0123",
                 "quay.io/x/y:1",
                 "registry.k8s.io/ingress-nginx/controller:v1.8.1",
                 "registry.k8s.io/pause:3.6",
@@ -335,7 +356,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            found["busybox:1.36"],
+            found["docker.io/library/busybox:1.36"],
             [
                 "manifests/app.yaml: Deployment/web spec.template.spec.initContainers.[init].image",
                 "manifests/imageList:4"
@@ -343,7 +364,7 @@ mod tests {
         );
         assert_eq!(found["quay.io/x/y:1"], ["manifests/app.yaml: List items.[0].spec.containers.[c].image"]);
         assert_eq!(
-            found["calico/node:v3.26.1"],
+            found["docker.io/calico/node:v3.26.1"],
             ["manifests/app.yaml: Installation/default spec.calicoNetwork.image"]
         );
         assert_eq!(
@@ -363,6 +384,11 @@ mod tests {
         write(dir.path(), "manifests/imageList", "a:1\nb:1 c:2\n");
         let err = discover(dir.path()).unwrap_err().to_string();
         assert!(err.ends_with("line 2 holds more than one word: 'b:1 c:2'"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "manifests/imageList", "Bad/Name:1\n");
+        let err = discover(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("manifests/imageList' names: invalid image reference 'Bad/Name:1'"), "{err}");
     }
 
     #[test]
