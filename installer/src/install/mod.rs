@@ -260,7 +260,8 @@ pub fn bundled_tools(bundle: &Bundle, verified: &Verified) -> Result<Vec<String>
 }
 
 /// What preflight checks for this plan. What an earlier run did is not checked again: its
-/// registry holds the registry port, its rootfs already has its space.
+/// registry holds the registry port, its control plane (once `kubeadm init` is done) the
+/// control plane's ports, its rootfs already has its space.
 pub fn requirements(
     verified: &Verified,
     bundled_bin: &[String],
@@ -276,6 +277,7 @@ pub fn requirements(
         ports: CONTROL_PLANE_PORTS
             .iter()
             .copied()
+            .filter(|_| !done(StepId::KubeadmInit))
             .chain((!done(StepId::Registry)).then_some(config.registry_port))
             .collect(),
         disk: if done(StepId::Extract) {
@@ -467,6 +469,13 @@ mod tests {
         assert_eq!(resumed.ports, [6443, 10250, 10257, 10259, 2379, 2380], "our own registry holds 5000");
         assert!(resumed.disk.is_empty(), "the rootfs is there already");
         assert!(resumed.advertise_address_given);
+
+        let finished = requirements(&verified(), &bundled, &config(), &plan_with(&StepId::ALL), true);
+        assert!(
+            finished.ports.is_empty(),
+            "our own control plane and registry hold them: {:?}",
+            finished.ports
+        );
     }
 
     #[test]
