@@ -12,12 +12,6 @@ rm -rf "$R"; mkdir -p "$R"
 exec >"$R/run.log" 2>&1
 set -x
 source /test/params.env          # BUNDLE, ADVERTISE, READY_DEADLINE, POD_DEADLINE, INSTALL_TIMEOUT
-# What happens is followed live on the serial console (the host's console.log): the install's
-# lines and the journals of the services it starts.
-console=/dev/ttyS0
-[ -w "$console" ] || console=/dev/null
-journalctl -f -n 0 -o short-monotonic -u containerd -u kubelet -u kubeferry-registry >"$console" 2>&1 &
-
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 mark() { echo "$1 $(uptime_s)" >>"$R/timings"; }
 ok() { echo "ok $*" >>"$R/checks"; }
@@ -46,10 +40,25 @@ collect() {
     kubectl get events -A --sort-by=.lastTimestamp >"$R/events.txt" 2>&1
   fi
   ctr -n k8s.io images ls >"$R/ctr-images.txt" 2>&1
+  ctr -n k8s.io tasks ls >"$R/ctr-tasks.txt" 2>&1
+  [ -d /var/log/pods ] && cp -a /var/log/pods "$R/pods-logs"
   sync
 }
 finish() { collect; mark end; echo "kubeferry-test: done, failed=$failed" >"$console"; echo "$failed" >"$R/failed"; sync; exit "$failed"; }
 
+# What happens is followed live on the serial console (the host's console.log): the install's
+# lines and, every minute, the containers and their logs' last lines.
+console=/dev/ttyS0
+[ -w "$console" ] || console=/dev/null
+# Every minute: the containers' states and the last lines of each container's log. The console
+# is opened anew each time: the getty's login on ttyS0 hangs up descriptors opened before it.
+( set +x
+  while sleep 60; do
+    { echo "== $(uptime_s) containers:"; ctr -n k8s.io tasks ls 2>&1 | tail -n +2
+      [ -e /etc/kubernetes/admin.conf ] && kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes,pods -A --no-headers 2>&1 | tr -s ' ' 
+      for f in /var/log/pods/*/*/*.log; do [ -f "$f" ] && echo "-- $f" && tail -n 2 "$f" | cut -c1-300; done
+    } >"$console" 2>&1
+  done ) &
 mark run-start
 uname -a >"$R/uname.txt"; cat /proc/cpuinfo | grep -m1 'model name' >>"$R/uname.txt"
 stat -fc %T /sys/fs/cgroup >>"$R/uname.txt"
@@ -93,14 +102,15 @@ install_end_epoch=$(date +%s)
 export KUBECONFIG=/root/.kube/config
 [ -f "$KUBECONFIG" ] || export KUBECONFIG=/etc/kubernetes/admin.conf
 
-# 6. The node Ready, with a heartbeat newer than the end of the install (kubeadm restarts the
-#    kubelet at its end: a Ready seen before that is stale).
+# 6. The node Ready, with a heartbeat or a transition newer than the end of the install (kubeadm
+#    restarts the kubelet at its end: a Ready seen before that is stale; with node leases the
+#    kubelet rewrites an unchanged status only every 5 minutes, so the transition counts too).
 deadline=$(( $(date +%s) + READY_DEADLINE ))
 ready=0
 while [ "$(date +%s)" -lt "$deadline" ]; do
-  line=$(kubectl get nodes -o jsonpath='{range .items[*].status.conditions[?(@.type=="Ready")]}{.status} {.lastHeartbeatTime}{"\n"}{end}' 2>/dev/null | head -1)
-  st=${line%% *}; hb=${line#* }
-  if [ "$st" = True ] && [ "$(date -d "$hb" +%s 2>/dev/null || echo 0)" -ge "$install_end_epoch" ]; then ready=1; break; fi
+  read -r st hb tr < <(kubectl get nodes -o jsonpath='{range .items[*].status.conditions[?(@.type=="Ready")]}{.status} {.lastHeartbeatTime} {.lastTransitionTime}{"\n"}{end}' 2>/dev/null | head -1)
+  if [ "${st:-}" = True ] && { [ "$(date -d "$hb" +%s 2>/dev/null || echo 0)" -ge "$install_end_epoch" ] ||
+                               [ "$(date -d "$tr" +%s 2>/dev/null || echo 0)" -ge "$install_end_epoch" ]; }; then ready=1; break; fi
   sleep 5
 done
 mark node-ready
@@ -113,12 +123,14 @@ deadline=$(( $(date +%s) + POD_DEADLINE ))
 while [ "$(date +%s)" -lt "$deadline" ]; do
   notrunning=$(kubectl get pods -A --no-headers 2>/dev/null | awk '$4 != "Running"' | wc -l)
   total=$(kubectl get pods -A --no-headers 2>/dev/null | wc -l)
-  [ "$total" -gt 0 ] && [ "$notrunning" = 0 ] && break
+  # kubeadm's static pods and kube-proxy's DaemonSet pod: 5 (no CoreDNS in the image)
+  proxy=$(kubectl get pods -A --no-headers 2>/dev/null | grep -c ' kube-proxy-')
+  [ "$total" -ge 5 ] && [ "$proxy" -ge 1 ] && [ "$notrunning" = 0 ] && break
   sleep 5
 done
 mark pods-running
 kubectl get pods -A -o wide >"$R/pods.txt" 2>&1
-[ "$total" -gt 0 ] && [ "$notrunning" = 0 ] && ok "pods-running: $total pods" ||
+[ "$total" -ge 5 ] && [ "$proxy" -ge 1 ] && [ "$notrunning" = 0 ] && ok "pods-running: $total pods" ||
   fail "pods-running: $notrunning of $total not Running: $(kubectl get pods -A --no-headers 2>&1 | awk '$4 != "Running"' | tr -s ' ' | tr '\n' ';')"
 
 # 8. A workload whose image came from the bundle runs to completion, through the pod network.
