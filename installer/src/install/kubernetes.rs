@@ -39,6 +39,15 @@ const IMAGE_DROP_IN: &str = "etc/10-kubeadm.conf";
 /// The rootfs's CNI plugins and configuration, laid out as on the host.
 const IMAGE_CNI_BIN: &str = "opt/cni/bin";
 const IMAGE_CNI_CONF: &str = "etc/cni/net.d";
+/// The CloudRootfs places: plugins in a top-level `cni/`, network lists as `etc/*.conflist`.
+const IMAGE_CNI_BIN_CLOUDROOTFS: &str = "cni";
+const IMAGE_ETC: &str = "etc";
+const CNI_CONFLIST_SUFFIX: &str = ".conflist";
+/// The CloudRootfs's static files (the API server's audit policy), which its kubeadm
+/// configuration names under /etc/kubernetes.
+const IMAGE_STATICS: &str = "statics";
+/// Where the static files go.
+pub const STATICS_DIR: &str = "/etc/kubernetes";
 
 const SYSCTLS: &str = "# Kubernetes networking, written by kubeferry.\n\
 net.bridge.bridge-nf-call-iptables = 1\n\
@@ -121,17 +130,38 @@ pub fn install(host: &dyn Host, rootfs: &Path, reporter: &dyn Reporter) -> Resul
         reporter.warn(&format!("could not apply {SYSCTL_FILE} ({e}); it applies at the next boot"));
     }
 
-    for (from, to, mode) in [(IMAGE_CNI_BIN, CNI_BIN_DIR, 0o755), (IMAGE_CNI_CONF, CNI_CONF_DIR, 0o644)] {
+    for (name, source, to, mode) in image_files(rootfs)? {
+        copy_file(host, &source, &Path::new(to).join(name), mode)?;
+    }
+
+    host.enable_service(KUBELET_UNIT_NAME)
+}
+
+/// The rootfs's CNI plugins and configuration and its static files, each with the directory it
+/// goes to and its mode: plugins from `opt/cni/bin/` and the CloudRootfs's `cni/` into
+/// [`CNI_BIN_DIR`]; configuration from `etc/cni/net.d/` and the CloudRootfs's `etc/*.conflist`
+/// into [`CNI_CONF_DIR`]; `statics/` into [`STATICS_DIR`].
+fn image_files(rootfs: &Path) -> Result<Vec<(String, PathBuf, &'static str, u32)>> {
+    let mut files = Vec::new();
+    for (from, to, mode) in [
+        (IMAGE_CNI_BIN, CNI_BIN_DIR, 0o755),
+        (IMAGE_CNI_BIN_CLOUDROOTFS, CNI_BIN_DIR, 0o755),
+        (IMAGE_CNI_CONF, CNI_CONF_DIR, 0o644),
+        (IMAGE_ETC, CNI_CONF_DIR, 0o644),
+        (IMAGE_STATICS, STATICS_DIR, 0o644),
+    ] {
         let dir = rootfs.join(from);
         if !dir.is_dir() {
             continue;
         }
         for (name, source) in regular_files(&dir)? {
-            copy_file(host, &source, &Path::new(to).join(name), mode)?;
+            if from == IMAGE_ETC && !name.ends_with(CNI_CONFLIST_SUFFIX) {
+                continue;
+            }
+            files.push((name, source, to, mode));
         }
     }
-
-    host.enable_service(KUBELET_UNIT_NAME)
+    Ok(files)
 }
 
 /// The files directly in `dir`, by name, sorted; links are followed (a `bin/` may link one
@@ -217,6 +247,36 @@ mod tests {
     use super::*;
 
     use crate::host::PathsOnly as At;
+
+    #[test]
+    fn cni_and_statics_come_from_both_layouts() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for (path, body) in [
+            ("cni/bridge", "plugin"),
+            ("opt/cni/bin/loopback", "plugin"),
+            ("etc/10-containerd-net.conflist", "{}"),
+            ("etc/config.toml", "containerd"),
+            ("etc/kubeadm.yml", "kubeadm"),
+            ("etc/cni/net.d/99-loopback.conf", "{}"),
+            ("statics/audit-policy.yml", "policy"),
+        ] {
+            fs::create_dir_all(r.join(path).parent().unwrap()).unwrap();
+            fs::write(r.join(path), body).unwrap();
+        }
+        let got: Vec<(String, &str, u32)> =
+            image_files(r).unwrap().into_iter().map(|(name, _, to, mode)| (name, to, mode)).collect();
+        assert_eq!(
+            got,
+            [
+                ("loopback".to_string(), CNI_BIN_DIR, 0o755),
+                ("bridge".to_string(), CNI_BIN_DIR, 0o755),
+                ("99-loopback.conf".to_string(), CNI_CONF_DIR, 0o644),
+                ("10-containerd-net.conflist".to_string(), CNI_CONF_DIR, 0o644),
+                ("audit-policy.yml".to_string(), STATICS_DIR, 0o644),
+            ]
+        );
+    }
 
     #[test]
     fn the_drop_in_names_the_installed_kubelet_and_keeps_the_reset() {

@@ -336,7 +336,8 @@ pub fn bundled_tools(bundle: &Bundle, verified: &Verified) -> Result<Vec<String>
 }
 
 /// What preflight checks for this plan. What an earlier run did is not checked again: its
-/// registry holds the registry port, its rootfs already has its space.
+/// registry holds the registry port, its control plane (once `kubeadm init` is done) the
+/// control plane's ports, its rootfs already has its space.
 pub fn requirements(
     verified: &Verified,
     bundled_bin: &[String],
@@ -350,7 +351,13 @@ pub fn requirements(
         arch: m.arch,
         cgroup_driver: if config.systemd_cgroup { "systemd" } else { "cgroupfs" }.into(),
         ports: match &config.join {
-            // A worker runs only the kubelet; no node but the first serves the registry.
+            // A worker runs only the kubelet; no node but the first serves the registry. A
+            // finished init or join holds its own ports.
+            _ if done(StepId::KubeadmInit) || done(StepId::KubeadmJoin) => (!done(StepId::Registry)
+                && config.join.is_none())
+            .then_some(config.registry_port)
+            .into_iter()
+            .collect(),
             Some(join) if !join.control_plane => vec![KUBELET_PORT],
             Some(_) => CONTROL_PLANE_PORTS.to_vec(),
             None => CONTROL_PLANE_PORTS
@@ -609,6 +616,13 @@ mod tests {
         assert_eq!(resumed.ports, [6443, 10250, 10257, 10259, 2379, 2380], "our own registry holds 5000");
         assert!(resumed.disk.is_empty(), "the rootfs is there already");
         assert!(resumed.advertise_address_given);
+
+        let finished = requirements(&verified(), &bundled, &config(), &plan_with(&StepId::ALL), true);
+        assert!(
+            finished.ports.is_empty(),
+            "our own control plane and registry hold them: {:?}",
+            finished.ports
+        );
     }
 
     #[test]
