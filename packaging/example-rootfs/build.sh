@@ -538,6 +538,8 @@ EOF
 
   # The pod network: one bridge per node, addresses from host-local. containerd's CRI reads the
   # first file of /etc/cni/net.d and runs the plugins from /opt/cni/bin (cni/ of this image).
+  # Hairpin mode, not promiscuous mode: the bridge plugin refuses both at once ("cannot set
+  # hairpin mode and promiscuous mode at the same time"), as the air-gapped VM test found.
   cat >"$new/etc/10-containerd-net.conflist" <<'EOF'
 {
   "cniVersion": "0.4.0",
@@ -548,7 +550,6 @@ EOF
       "bridge": "cni0",
       "isGateway": true,
       "ipMasq": true,
-      "promiscMode": true,
       "hairpinMode": true,
       "ipam": {
         "type": "host-local",
