@@ -122,7 +122,8 @@ fn the_kubernetes_step_puts_the_executables_the_kubelet_unit_and_kernel_settings
     let host = RootedHost::new(&tmp.path().join("host"));
     host_skeleton(&host.root);
     let config = InstallConfig { fail_after: Some(StepId::Kubernetes), ..config() };
-    let _ = install::run(&host, &bundle, &verified, &config, &Silent);
+    let err = install::run(&host, &bundle, &verified, &config, &Silent).unwrap_err().to_string();
+    assert!(err.contains("go on after step 'kubernetes'"), "{err}\n{}", host.log_text());
     let root = &host.root;
     for name in ["kubeadm", "kubelet", "kubectl", "conntrack", "socat", "ethtool"] {
         let meta = fs::metadata(root.join("usr/bin").join(name)).unwrap_or_else(|_| panic!("{name}"));
