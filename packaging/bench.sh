@@ -413,7 +413,7 @@ v_rss_x=$(verdict lt "$kf_x_rss" 64)
 layout=""
 if command -v jq >/dev/null; then
   layout="$("$kubeferry" inspect --json "$bundle" | jq -r '
-    "stub \(.trailer.stub[1]) B, payload \(.trailer.payload[1]) B in \(.manifest.payload.chunks | length) chunks (\([.manifest.payload.chunks[] | select(.codec == "zstd")] | length) zstd, \([.manifest.payload.chunks[] | select(.codec == "stored")] | length) stored), manifest \(.trailer.manifest[1]) B, \(.manifest.entries | length) entries"')"
+    "stub \(.trailer.stub[1]) B, payload \(.trailer.payload[1]) B in \(.manifest.payload.chunks | length) chunks (\([.manifest.payload.chunks[] | select(.codec == "zstd")] | length) zstd, \([.manifest.payload.chunks[] | select(.codec == "stored")] | length) stored), index \(.trailer.index[1]) B, manifest \(.trailer.manifest[1]) B, \(.manifest.index.entries) entries"')"
 fi
 composition="$(tr '\n' ' ' < "$work/rootfs.composition")"
 machine="$(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, $(df -PhT "$work" | awk 'NR == 2 {print $2 " on " $1}'), Linux $(uname -r)"
