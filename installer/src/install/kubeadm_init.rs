@@ -128,19 +128,33 @@ pub fn configuration(
     config: &InstallConfig,
     kubernetes_version: Option<&str>,
 ) -> Result<String> {
+    let (rendered, _, source) = rendered_configuration(rootfs, config, kubernetes_version)?;
+    kubeadm::init_config(&rendered).map_err(kubeadm_error("render", &source))
+}
+
+/// The image's configuration (or kubeferry's default) rendered with the install's facts and
+/// the user's `--config` merged over it, every kind kept; with the values it was rendered with
+/// and the file it came from.
+pub fn rendered_configuration(
+    rootfs: &Path,
+    config: &InstallConfig,
+    kubernetes_version: Option<&str>,
+) -> Result<(String, Values, PathBuf)> {
     let (template, source) = image_configuration(rootfs)?;
     let values = configuration_values(config, kubernetes_version, &source)?;
-    let kubeadm_error = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |e: kubeadm::KubeadmError| Error::Io { action, path, source: std::io::Error::other(e) }
-    };
     let mut rendered = kubeadm::render(&template, &values).map_err(kubeadm_error("render", &source))?;
     if let Some(user) = &config.kubeadm_config {
         let text = fs::read_to_string(user).map_err(Error::io("read", user))?;
         rendered = kubeadm::merge(&rendered, &text)
             .map_err(kubeadm_error("merge the kubeadm configuration", user))?;
     }
-    kubeadm::init_config(&rendered).map_err(kubeadm_error("render", &source))
+    Ok((rendered, values, source))
+}
+
+/// Wraps a kubeadm configuration error with what was done and to which file.
+pub fn kubeadm_error(action: &'static str, path: &Path) -> impl FnOnce(kubeadm::KubeadmError) -> Error {
+    let path = path.to_path_buf();
+    move |e| Error::Io { action, path, source: std::io::Error::other(e) }
 }
 
 /// The image's kubeadm configuration template (or kubeferry's default) and where it came from.

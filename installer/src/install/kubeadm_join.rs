@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::kubeadm_init::{ADMIN_CONF, ROOT_KUBECONFIG, configuration_values, image_configuration};
+use super::kubeadm_init::{ADMIN_CONF, ROOT_KUBECONFIG, kubeadm_error, rendered_configuration};
 use super::{InstallConfig, kubernetes_bin};
 use crate::error::{Error, Result};
 use crate::host::{Host, copy_file, write_file};
@@ -27,20 +27,9 @@ pub fn run(
     let Some(join) = &config.join else {
         return Err(Error::io("join", "kubeadm")(std::io::Error::other("no cluster to join was given")));
     };
-    let (template, source) = image_configuration(rootfs)?;
-    let values = configuration_values(config, kubernetes_version, &source)?;
-    let kubeadm_error = |e: kubeadm::KubeadmError| Error::Io {
-        action: "render the join configuration from",
-        path: source.clone(),
-        source: std::io::Error::other(e),
-    };
-    let mut rendered = kubeadm::render(&template, &values).map_err(kubeadm_error)?;
-    if let Some(user) = &config.kubeadm_config {
-        let text = std::fs::read_to_string(user).map_err(Error::io("read", user))?;
-        rendered = kubeadm::merge(&rendered, &text).map_err(kubeadm_error)?;
-    }
-    let joining =
-        kubeadm::join_config(&rendered, &values, &join.params, join.control_plane).map_err(kubeadm_error)?;
+    let (rendered, values, source) = rendered_configuration(rootfs, config, kubernetes_version)?;
+    let joining = kubeadm::join_config(&rendered, &values, &join.params, join.control_plane)
+        .map_err(kubeadm_error("render the join configuration from", &source))?;
     write_file(host, Path::new(CONFIG), joining.as_bytes(), 0o600)?;
 
     let kubeadm = host.path(&kubernetes_bin("kubeadm"));
