@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Runs kubeferry's whole test suite: installs what the tests use from Debian's packages when
-# it is missing, then `cargo test --workspace`. Arguments go to cargo test, e.g.
-#   packaging/test.sh --test bundle        only the bundle end-to-end tests
+# it is missing, then `cargo test --workspace`, then the air-gapped VM test (the example cluster
+# image with real Kubernetes built from Debian's sources, its bundle installed in a VM that has
+# no network device; about 40 minutes on 2 cores from nothing, docs/airgap-vm.md).
+#   packaging/test.sh                      everything
+#   packaging/test.sh --fast               only the cargo tests (about 10 minutes)
+#   packaging/test.sh --vm                 only the VM test
+#   packaging/test.sh --test bundle        cargo test's arguments: only those cargo tests, e.g.
 #   packaging/test.sh -p kubeferry-installer   only the installer's unit tests
+# The VM test builds the example rootfs into target/example-rootfs-amd64 with the step cache of
+# packaging/example-rootfs/build.sh ($KUBEFERRY_EXAMPLE_CACHE, default target/example-cache), and
+# keeps its VM's files in $KUBEFERRY_VM_DIR (default /var/tmp/kubeferry-vm).
 #
 # The tests run the real tools: minisign (interoperability of keys and signatures), GNU time
 # (peak memory), tar and gzip (fixtures), Debian's docker-registry and skopeo (the bundled
@@ -11,6 +19,25 @@
 # root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+cargo_tests=1 vm=1
+case "${1:-}" in
+  --fast) cargo_tests=1 vm=0; shift ;;
+  --vm) cargo_tests=0 vm=1; shift ;;
+  '') ;;
+  *) vm=0 ;;   # cargo test's own arguments: those tests only
+esac
+
+vm_test() {
+  packaging/vm-setup.sh
+  local rootfs=target/example-rootfs-amd64
+  packaging/example-rootfs/build.sh amd64 "$rootfs"
+  KUBEFERRY_ROOTFS="$PWD/$rootfs" tests/e2e/airgap-vm.sh
+}
+if [ "$cargo_tests" = 0 ]; then
+  vm_test
+  exit
+fi
 
 need=()
 command -v minisign >/dev/null || need+=(minisign)
@@ -32,4 +59,5 @@ if [ "$(id -u)" != 0 ]; then
   echo "warning: not root: the full-disk test mounts a tmpfs and will fail" >&2
 fi
 
-exec cargo test --workspace --no-fail-fast "$@"
+cargo test --workspace --no-fail-fast "$@"
+[ "$vm" = 0 ] || vm_test

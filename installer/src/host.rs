@@ -66,26 +66,7 @@ pub trait Host: Send + Sync {
 /// Writes `bytes` to the host's `target` through a temporary file and a rename, creating the
 /// parent directories, with `mode`.
 pub fn write_file(host: &dyn Host, target: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let path = host.path(target);
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
-    }
-    let partial = path.with_file_name(format!(
-        ".{}.kubeferry-partial",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
-    let _ = fs::remove_file(&partial);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&partial)
-        .map_err(Error::io("create", &partial))?;
-    file.write_all(bytes).map_err(Error::io("write", &partial))?;
-    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(Error::io("set the mode of", &partial))?;
-    file.sync_all().map_err(Error::io("sync", &partial))?;
-    host.will_write(target)?;
-    fs::rename(&partial, &path).map_err(Error::io("rename into place", &path))?;
+    place(host, target, mode, |file| file.write_all(bytes).map(|()| bytes.len() as u64))?;
     host.log(&format!("wrote {} ({} bytes, mode {mode:o})", target.display(), bytes.len()));
     host.wrote(target)
 }
@@ -93,29 +74,43 @@ pub fn write_file(host: &dyn Host, target: &Path, bytes: &[u8], mode: u32) -> Re
 /// Copies the file `source` (a path of this process) to the host's `target` as [`write_file`]
 /// does, streaming it rather than holding it in memory (a kubelet is 100 MiB and more).
 pub fn copy_file(host: &dyn Host, source: &Path, target: &Path, mode: u32) -> Result<()> {
+    let mut from = fs::File::open(source).map_err(Error::io("open", source))?;
+    let bytes = place(host, target, mode, |file| std::io::copy(&mut from, file))?;
+    host.log(&format!("wrote {} ({bytes} bytes from {}, mode {mode:o})", target.display(), source.display()));
+    host.wrote(target)
+}
+
+/// Puts a file at the host's `target` so that a crash at any moment leaves either the old file
+/// or the whole new one: `fill` writes a temporary sibling, which is synced, renamed over the
+/// target, and the directory synced so the rename itself is durable. Returns what `fill` says
+/// it wrote.
+fn place(
+    host: &dyn Host,
+    target: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut fs::File) -> std::io::Result<u64>,
+) -> Result<u64> {
     let path = host.path(target);
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
-    }
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
     let partial = path.with_file_name(format!(
         ".{}.kubeferry-partial",
         path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     ));
     let _ = fs::remove_file(&partial);
-    let mut from = fs::File::open(source).map_err(Error::io("open", source))?;
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(&partial)
         .map_err(Error::io("create", &partial))?;
-    let bytes = std::io::copy(&mut from, &mut file).map_err(Error::io("copy into", &partial))?;
+    let written = fill(&mut file).map_err(Error::io("write", &partial))?;
     file.set_permissions(fs::Permissions::from_mode(mode)).map_err(Error::io("set the mode of", &partial))?;
     file.sync_all().map_err(Error::io("sync", &partial))?;
     host.will_write(target)?;
     fs::rename(&partial, &path).map_err(Error::io("rename into place", &path))?;
-    host.log(&format!("wrote {} ({bytes} bytes from {}, mode {mode:o})", target.display(), source.display()));
-    host.wrote(target)
+    fs::File::open(parent).and_then(|dir| dir.sync_all()).map_err(Error::io("sync", parent))?;
+    Ok(written)
 }
 
 /// The real host, with its install log.

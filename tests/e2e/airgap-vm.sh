@@ -10,17 +10,22 @@
 #
 # 1. tests/e2e/guest-image.sh: the guest's root image, kernel and initrd (cached in the work dir)
 # 2. a test disk (ext4, mkfs.ext4 -d) with the bundle, the key, guest/run.sh and its parameters
-# 3. qemu-system-x86_64: 2 vCPUs, 4 GiB, -nic none, direct kernel boot, the root image with
-#    snapshot=on; KVM when it can boot the guest, else TCG; serial console to a log; a timeout
-# 4. the guest runs /test/run.sh (kubeferry-test.service) and powers off; the results are read
-#    back with debugfs -R rdump and summarised; exit 1 with the log tails when a check failed
+# 3. qemu-system-x86_64: 2 vCPUs, 4 GiB, -nic none, direct kernel boot, the root disk a qcow2
+#    overlay of the cached image (which stays pristine); KVM when it can boot the guest, else
+#    TCG; serial console to a log; a timeout
+# 4. the guest runs /test/run.sh (kubeferry-test.service) and powers off: hard, in the middle of
+#    the install, at each power-off point, after which the host boots it again on the same root
+#    disk; after the last boot the results are read back with debugfs -R rdump and summarised;
+#    exit 1 with the log tails when a check failed
 #
 # Environment: KUBEFERRY_VM_DIR (work dir, default /var/tmp/kubeferry-vm), KUBEFERRY_VM_ACCEL
 # (kvm, tcg or auto: the default, KVM only when /dev/kvm boots the guest), KUBEFERRY_VM_TIMEOUT
 # (seconds for the whole VM run, default 2400), KUBEFERRY_VM_READY_DEADLINE (seconds after the
 # install for a Ready node, default 900), KUBEFERRY_VM_INSTALL_TIMEOUT (seconds the install may
-# take before it is stopped and the logs collected, default 1500), KUBEFERRY_VM_ADVERTISE (the dummy interface's address,
-# default 10.0.2.15). Needs root, qemu-system-x86, debootstrap and e2fsprogs.
+# take before it is stopped and the logs collected, default 1500), KUBEFERRY_VM_ADVERTISE (the
+# dummy interface's address, default 10.0.2.15), KUBEFERRY_VM_POWEROFF_AT (where the VM is
+# powered off hard during the install, "STEP+SECONDS ...", default "extract+3 kubeadm-init+60";
+# empty: none). Needs root, qemu-system-x86, debootstrap and e2fsprogs.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -30,6 +35,7 @@ timeout_s="${KUBEFERRY_VM_TIMEOUT:-2400}"
 ready_deadline="${KUBEFERRY_VM_READY_DEADLINE:-900}"
 advertise="${KUBEFERRY_VM_ADVERTISE:-10.0.2.15}"
 install_timeout="${KUBEFERRY_VM_INSTALL_TIMEOUT:-1500}"
+poweroff_at="${KUBEFERRY_VM_POWEROFF_AT-extract+3 kubeadm-init+60}"
 rootfs="${KUBEFERRY_ROOTFS:-/work/k8s-example/rootfs-amd64}"
 mkdir -p "$dir"
 log() { echo "airgap-vm: $*" >&2; }
@@ -70,6 +76,7 @@ ADVERTISE=$advertise
 READY_DEADLINE=$ready_deadline
 POD_DEADLINE=600
 INSTALL_TIMEOUT=$install_timeout
+POWEROFF_AT="$poweroff_at"
 ENV
 disk_mib=$(( $(du -sm "$run/disk" | cut -f1) + 512 ))
 mkfs.ext4 -q -F -L kubeferry-test -d "$run/disk" "$run/test.img" "${disk_mib}M"
@@ -77,17 +84,21 @@ rm -rf "$run/disk"
 
 # 3. Boot. KVM here may be a nested hypervisor that cannot run a stock kernel: in auto mode the
 #    guest is booted under KVM for a short probe first and TCG is used if it does not get to
-#    userspace.
+#    userspace. The root disk is a qcow2 overlay of the cached image: it keeps what the guest
+#    wrote from one boot to the next, and the image stays pristine.
+qemu-img create -q -f qcow2 -F raw -b "$g/root.img" "$run/root.qcow2"
 qemu_base=(qemu-system-x86_64 -machine q35 -m 4096 -smp 2 -nic none -nographic -no-reboot
-  -kernel "$g/vmlinuz" -initrd "$g/initrd.img"
-  -drive "file=$g/root.img,format=raw,if=virtio,snapshot=on")
+  -kernel "$g/vmlinuz" -initrd "$g/initrd.img")
+root_rw=(-drive "file=$run/root.qcow2,format=qcow2,if=virtio")
 append="root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=1"
 if [ "$accel" = auto ]; then
   accel=tcg
   if [ -w /dev/kvm ]; then
     log "probing KVM (60 s)"
-    timeout 60 "${qemu_base[@]}" -accel kvm -cpu host -append "$append systemd.unit=rescue.target" \
-      -serial "file:$run/kvm-probe.log" -monitor none >/dev/null 2>&1 || true
+    # (in a subshell whose stderr is dropped: qemu aborting is the expected outcome here)
+    ( timeout 60 "${qemu_base[@]}" -drive "file=$g/root.img,format=raw,if=virtio,snapshot=on" \
+      -accel kvm -cpu host -append "$append systemd.unit=rescue.target" \
+      -serial "file:$run/kvm-probe.log" -monitor none ) >/dev/null 2>&1 || true
     grep -q -E 'Reached target|rescue' "$run/kvm-probe.log" 2>/dev/null && accel=kvm
   fi
 fi
@@ -96,16 +107,28 @@ case "$accel" in
   tcg) accel_args=(-accel tcg,thread=multi -cpu max) ;;
   *) die "KUBEFERRY_VM_ACCEL must be kvm, tcg or auto, not '$accel'" ;;
 esac
-log "booting the guest under $accel (2 vCPUs, 4 GiB, no network device; console: $run/console.log; at most ${timeout_s}s)"
+read -r -a points <<<"$poweroff_at"
+boots=$(( ${#points[@]} + 1 ))
 t1=$(date +%s)
-set +e
-timeout --foreground -k 10 "$timeout_s" "${qemu_base[@]}" "${accel_args[@]}" -append "$append" \
-  -drive "file=$run/test.img,format=raw,if=virtio" \
-  -serial "file:$run/console.log" -monitor none >"$run/qemu.log" 2>&1
-qrc=$?
-set -e
+qrc=0
+for boot in $(seq 1 "$boots"); do
+  left=$(( timeout_s - ($(date +%s) - t1) ))
+  [ "$left" -gt 60 ] || { log "no time left for boot $boot"; qrc=124; break; }
+  log "boot $boot of $boots under $accel (2 vCPUs, 4 GiB, no network device; console: $run/console-$boot.log; at most ${left}s)"
+  set +e
+  timeout --foreground -k 10 "$left" "${qemu_base[@]}" "${accel_args[@]}" -append "$append" "${root_rw[@]}" \
+    -drive "file=$run/test.img,format=raw,if=virtio" \
+    -serial "file:$run/console-$boot.log" -monitor none >"$run/qemu-$boot.log" 2>&1
+  qrc=$?
+  set -e
+  [ $qrc = 124 ] && { log "the VM did not power off in time: killed"; break; }
+  # The guest counts its boots on the test disk; it stops early when a check failed.
+  done_boots=$(debugfs -R 'cat /boots' "$run/test.img" 2>/dev/null | tr -dc 0-9)
+  [ "${done_boots:-0}" = "$boot" ] || { log "boot $boot did not run the test (it counted ${done_boots:-none})"; break; }
+  debugfs -R 'cat /results/failed' "$run/test.img" 2>/dev/null | grep -qx 1 && break
+done
 vm_s=$(( $(date +%s) - t1 ))
-[ $qrc = 124 ] && log "the VM did not power off within ${timeout_s}s: killed"
+cat "$run"/console-*.log >"$run/console.log" 2>/dev/null || true
 
 # 4. Results.
 rm -rf "$run/out"; mkdir -p "$run/out"
@@ -113,7 +136,8 @@ debugfs -R "rdump /results $run/out" "$run/test.img" >/dev/null 2>&1 || true
 res="$run/out/results"
 echo
 echo "== air-gapped VM test ($accel; bundle $(basename "$bundle"), $(( $(stat -c %s "$bundle") / 1048576 )) MiB)"
-echo "guest image: ${image_s}s (built in $(cat "$g/build-seconds" 2>/dev/null || echo '?')s when last built); VM run: ${vm_s}s, qemu exit $qrc"
+echo "guest image: ${image_s}s (built in $(cat "$g/build-seconds" 2>/dev/null || echo '?')s when last built); VM run: ${vm_s}s, ${boot} boot(s) (power-offs at: ${poweroff_at:-none}), last qemu exit $qrc"
+echo "guest root disk written: $(( $(qemu-img info --output=json "$run/root.qcow2" | sed -n 's/.*"actual-size": \([0-9]*\).*/\1/p') / 1048576 )) MiB (overlay)"
 if [ ! -d "$res" ]; then
   echo "no results on the test disk: the test unit did not run. Console tail:"
   tail -40 "$run/console.log"
@@ -133,7 +157,7 @@ echo "results: $res"
 if [ "$(cat "$res/failed" 2>/dev/null)" != 0 ]; then
   echo
   echo "== FAILED. Tails:"
-  for f in install.out install.log journal-kubelet.txt run.log; do
+  for f in install.out install.log journal-kubelet.txt left-after-purge.txt run.log; do
     [ -f "$res/$f" ] && { echo "--- $f"; tail -25 "$res/$f"; }
   done
   exit 1
