@@ -32,9 +32,10 @@ use crate::host::Host;
 use crate::install::state::{self, State};
 use crate::install::{StepId, registry};
 
-/// What `kubeadm init` and the runtime make that is the cluster's data rather than kubeferry's
-/// files: kept unless `--purge`.
-pub const CLUSTER_DATA: [&str; 9] = [
+/// What `kubeadm init`, the kubelet and the runtime make that is the cluster's data rather than
+/// kubeferry's files: kept unless `--purge`. Besides the data, containerd makes its `opt` plugin's
+/// directory and the kubelet its FlexVolume plugin directory when they start.
+pub const CLUSTER_DATA: [&str; 11] = [
     "/etc/kubernetes",
     "/var/lib/etcd",
     "/var/lib/kubelet",
@@ -44,6 +45,8 @@ pub const CLUSTER_DATA: [&str; 9] = [
     "/root/.kube/cache",
     "/var/log/pods",
     "/var/log/containers",
+    "/opt/containerd",
+    "/usr/libexec/kubernetes",
 ];
 
 /// What kubeadm reset deletes that is kept without `--purge`: the cluster's certificates and

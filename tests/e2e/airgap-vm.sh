@@ -98,7 +98,7 @@ if [ "$accel" = auto ]; then
     # (in a subshell whose stderr is dropped: qemu aborting is the expected outcome here)
     ( timeout 60 "${qemu_base[@]}" -drive "file=$g/root.img,format=raw,if=virtio,snapshot=on" \
       -accel kvm -cpu host -append "$append systemd.unit=rescue.target" \
-      -serial "file:$run/kvm-probe.log" -monitor none ) >/dev/null 2>&1 || true
+      -serial "file:$run/kvm-probe.log" -monitor none || true ) >/dev/null 2>&1
     grep -q -E 'Reached target|rescue' "$run/kvm-probe.log" 2>/dev/null && accel=kvm
   fi
 fi
@@ -137,7 +137,7 @@ res="$run/out/results"
 echo
 echo "== air-gapped VM test ($accel; bundle $(basename "$bundle"), $(( $(stat -c %s "$bundle") / 1048576 )) MiB)"
 echo "guest image: ${image_s}s (built in $(cat "$g/build-seconds" 2>/dev/null || echo '?')s when last built); VM run: ${vm_s}s, ${boot} boot(s) (power-offs at: ${poweroff_at:-none}), last qemu exit $qrc"
-echo "guest root disk written: $(( $(qemu-img info --output=json "$run/root.qcow2" | sed -n 's/.*"actual-size": \([0-9]*\).*/\1/p') / 1048576 )) MiB (overlay)"
+echo "guest root disk written: $(( $(qemu-img info --output=json "$run/root.qcow2" | sed -n 's/.*"actual-size": \([0-9]*\).*/\1/p' | head -1) / 1048576 )) MiB (overlay)"
 if [ ! -d "$res" ]; then
   echo "no results on the test disk: the test unit did not run. Console tail:"
   tail -40 "$run/console.log"
