@@ -10,6 +10,9 @@
 #   arm64     kubeferry pull for arm64 with that cache (the amd64 blobs are of no use to it)
 #   skopeo    skopeo copy of each image's amd64 manifest into one oci: layout, one by one
 #             (bytes: the size of the layout)
+#   build     kubeferry build --unsigned of a rootfs whose manifests/imageList names every
+#             image (registry/ empty), with a cache of its own: once cold, then the rebuild
+#             (the cache hit rate is the share of blobs and manifests taken from the cache)
 # and prints each one's seconds, bytes fetched and cache hits. Needs python3, skopeo and
 # docker-registry (apt-get install -y skopeo docker-registry).
 set -euo pipefail
@@ -28,6 +31,8 @@ done
 rm -rf "$work"
 mkdir -p "$work"
 cargo build --quiet --release -p kubeferry-builder --bin kubeferry --manifest-path "$repo/Cargo.toml"
+"$repo/packaging/build-stub.sh" amd64 >/dev/null
+stub="$repo/target/stubs/kubeferry-stub-amd64"
 kubeferry="$repo/target/release/kubeferry"
 python3 "$repo/packaging/bench/gen-images.py" "$work/layout" "$images" "$base_mib" "$own_mib"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -81,3 +86,23 @@ done
 end=$(now)
 bytes=$(du -sb "$work/skopeo" | cut -f1)
 echo "| skopeo copy (one by one, into one oci: layout) | $(python3 -c "print(f'{$end - $start:.2f}')") | $(python3 -c "print(f'{$bytes / 2**20:.1f} MiB')") | | |"
+
+mkdir -p "$work/rootfs/manifests"
+printf '%s\n' "${refs[@]}" >"$work/rootfs/manifests/imageList"
+run_build() { # NAME OUT
+    local start end
+    start=$(now)
+    DOCKER_CONFIG="$work/none" "$kubeferry" build "$work/rootfs" --name bench --version v1 --arch amd64 \
+        --unsigned --stub "amd64=$stub" --cache-dir "$work/cache-build" -o "$work/$2" 2>"$work/$1.log" >/dev/null
+    end=$(now)
+    python3 - "$1" "$start" "$end" "$work/$1.log" <<'PY'
+import re, sys
+name, start, end, log = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), open(sys.argv[4]).read()
+m = re.search(r"^images: (\d+) blobs and (\d+) manifests fetched \(([^)]*)\), (\d+) from the cache$", log, re.M)
+blobs, manifests, fetched, hits = int(m[1]), int(m[2]), m[3], int(m[4])
+rate = hits / (blobs + manifests + hits) if blobs + manifests + hits else 0
+print(f"| kubeferry build, {name} | {end - start:.2f} | {fetched} | {blobs} | {hits} ({rate:.0%} of requests) |")
+PY
+}
+run_build build-cold dist-cold
+run_build rebuild dist-rebuild

@@ -261,7 +261,7 @@ kf_build_prep() { rm -rf "$out_kf"; prime "$rootfs"; }
 kf_build() {
   PROCS=(kubeferry-build)
   T kubeferry-build "$kubeferry" build "$rootfs" --name bench --version v1 --arch amd64 \
-    --key "$keys/bench.key" --stub "amd64=$stub" -o "$out_kf" --quiet >/dev/null
+    --no-pull --allow-missing-images --key "$keys/bench.key" --stub "amd64=$stub" -o "$out_kf" --quiet >/dev/null
 }
 base_build_prep() { rm -f "$tarball"; prime "$rootfs"; }
 base_build() {

@@ -83,6 +83,7 @@ pub fn walk_layers(mut layers: Vec<Layer>, arch: Arch) -> Result<Walk> {
         fs::symlink_metadata(&layer.source).map_err(Error::io("read", &layer.source))?;
     }
     if let [only] = layers.as_slice()
+        && only.at.is_empty()
         && !only.source.is_dir()
     {
         return Err(Error::Unpackable {

@@ -40,6 +40,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// An image of the rootfs's registry/ whose manifest cannot be read.
+    #[error("cannot read the image '{name}' of registry/ ('{path}'): {reason}")]
+    StoredImage {
+        /// The image.
+        name: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A file changed while it was read.
     #[error("'{path}' changed while it was being packed")]
     Changed {
@@ -104,6 +114,25 @@ pub enum Error {
     /// Pulling an image failed.
     #[error(transparent)]
     Pull(Box<crate::pull::PullError>),
+    /// Pulling an image a file of the rootfs names failed.
+    #[error("could not pull '{reference}' (named in {named_in})")]
+    ImagePull {
+        /// The reference, normalised.
+        reference: String,
+        /// The places that name it.
+        named_in: String,
+        /// Why.
+        #[source]
+        source: Box<crate::pull::PullError>,
+    },
+    /// Images the rootfs names that its registry/ does not hold, with --no-pull.
+    #[error("{}", missing_images(*.arch, .missing))]
+    MissingImages {
+        /// The architecture built.
+        arch: Arch,
+        /// Each reference, with the places that name it.
+        missing: Vec<(String, Vec<String>)>,
+    },
     /// Interrupted by a signal; the partial output was removed.
     #[error("interrupted; the partial output was removed")]
     Interrupted,
@@ -113,6 +142,19 @@ impl From<crate::pull::PullError> for Error {
     fn from(e: crate::pull::PullError) -> Self {
         Error::Pull(Box::new(e))
     }
+}
+
+fn missing_images(arch: Arch, missing: &[(String, Vec<String>)]) -> String {
+    let list: Vec<String> =
+        missing.iter().map(|(r, places)| format!("'{r}' (named in {})", places.join("; "))).collect();
+    let (count, verb) = match missing.len() {
+        1 => ("1 image".to_string(), "is"),
+        n => (format!("{n} images"), "are"),
+    };
+    format!(
+        "{count} the rootfs names for {arch} {verb} not in its registry/ and --no-pull was given: {}",
+        list.join(", ")
+    )
 }
 
 impl Error {
@@ -128,6 +170,9 @@ impl Error {
             Error::Bundle(e) => e.exit_code(),
             Error::Interrupted => exit::INTERRUPTED,
             Error::Pull(e) if matches!(**e, crate::pull::PullError::Interrupted) => exit::INTERRUPTED,
+            Error::ImagePull { source, .. } if matches!(**source, crate::pull::PullError::Interrupted) => {
+                exit::INTERRUPTED
+            }
             _ => exit::FAILED,
         }
     }
@@ -148,6 +193,19 @@ impl Error {
             Error::Key(key) => key.hint(),
             Error::Bundle(e) => e.hint(),
             Error::Pull(e) => e.hint(),
+            Error::ImagePull { source, .. } => Some(match (source.as_ref(), source.hint()) {
+                (crate::pull::PullError::NotFound { .. }, _) | (_, None) => {
+                    "check the reference in the file that names it (repository, tag or digest), the registry's \
+                     address, or pass --mirror REGISTRY=MIRROR"
+                        .to_string()
+                }
+                (_, Some(hint)) => hint,
+            }),
+            Error::MissingImages { .. } => Some(
+                "build without --no-pull to pull them, add them to registry/ ('kubeferry pull REF... --out \
+                 ROOTFS/registry'), or pass --allow-missing-images to build without them"
+                    .into(),
+            ),
             _ => None,
         }
     }

@@ -30,40 +30,82 @@ const KUBEADM_FILES: [&str; 4] =
 /// The images a rootfs needs: each reference as written, with every place that asked for it.
 pub type Found = BTreeMap<String, Vec<String>>;
 
-/// Finds every image reference in the rootfs at `root`.
+/// Finds every image reference in the rootfs directory at `root` (its common tree: the
+/// architecture folders are not looked into).
 pub fn discover(root: &Path) -> Result<Found> {
+    let mut files = Vec::new();
+    for dir in ["manifests", "charts", "images/shim"] {
+        for file in files_below(&root.join(dir))? {
+            files.push((shown(root, &file), file));
+        }
+    }
+    for name in KUBEADM_FILES {
+        let file = root.join(name);
+        if file.is_file() {
+            files.push((name.to_string(), file));
+        }
+    }
+    discover_files(&files)
+}
+
+/// Whether the file at `path` (relative to the rootfs, `/`-separated) is one [`discover_files`]
+/// reads.
+pub fn is_source(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    (path.starts_with("manifests/")
+        && (name == "imageList" || has_extension(Path::new(name), &["yaml", "yml", "json"])))
+        || (path.starts_with("charts/") && (name == "values.yaml" || name == "values.yml"))
+        || path.starts_with("images/shim/")
+        || KUBEADM_FILES.contains(&path)
+}
+
+/// Finds every image reference in the files given as (path in the rootfs, file on disk): the
+/// files of a rootfs for which [`is_source`] holds, in any order. The kubeadm configuration
+/// read is the first of `etc/kubeadm.yml`, `etc/kubeadm.yaml`, `etc/kubeadm-config.yaml` and
+/// `etc/kubeadm-config.yml` given.
+pub fn discover_files(files: &[(String, PathBuf)]) -> Result<Found> {
+    let mut files: Vec<&(String, PathBuf)> = files.iter().filter(|(shown, _)| is_source(shown)).collect();
+    // manifests/ first, then charts/ and images/shim/, each sorted: the places of an image are
+    // listed in that order.
+    let group =
+        |shown: &str| ["manifests/", "charts/", "images/shim/"].iter().position(|g| shown.starts_with(g));
+    files.sort_by(|a, b| (group(&a.0), &a.0).cmp(&(group(&b.0), &b.0)));
     let mut found = Found::new();
-    for file in files_below(&root.join("manifests"))? {
-        let shown = shown(root, &file);
-        if file.file_name().is_some_and(|n| n == "imageList") {
-            list_file(&file, &shown, &mut found)?;
-        } else if has_extension(&file, &["yaml", "yml", "json"]) {
-            yaml_file(&file, &shown, &mut found)?;
+    for (shown, file) in &files {
+        if shown.starts_with("manifests/") {
+            if shown.rsplit('/').next() == Some("imageList") {
+                list_file(file, shown, &mut found)?;
+            } else {
+                yaml_file(file, shown, &mut found)?;
+            }
+        } else if shown.starts_with("charts/") {
+            yaml_file(file, shown, &mut found)?;
+        } else if shown.starts_with("images/shim/") {
+            list_file(file, shown, &mut found)?;
         }
     }
-    for file in files_below(&root.join("charts"))? {
-        if file.file_name().is_some_and(|n| n == "values.yaml" || n == "values.yml") {
-            yaml_file(&file, &shown(root, &file), &mut found)?;
-        }
+    let kubeadm = KUBEADM_FILES.iter().find_map(|name| files.iter().find(|(shown, _)| shown == name));
+    if let Some((shown, file)) = kubeadm {
+        kubeadm_images(file, shown, &mut found)?;
     }
-    for file in files_below(&root.join("images/shim"))? {
-        list_file(&file, &shown(root, &file), &mut found)?;
-    }
-    if let Some(file) = KUBEADM_FILES.iter().map(|f| root.join(f)).find(|f| f.is_file()) {
-        kubeadm_images(&file, &shown(root, &file), &mut found)?;
-    }
-    normalize(root, found)
+    normalize(&files, found)
 }
 
 /// Each reference in its canonical form (`busybox` is `docker.io/library/busybox:latest`), so
 /// that two spellings of one image are one; a reference that is not one is an error naming the
 /// file that holds it.
-fn normalize(root: &Path, found: Found) -> Result<Found> {
+fn normalize(files: &[&(String, PathBuf)], found: Found) -> Result<Found> {
     let mut out = Found::new();
     for (raw, whys) in found {
-        let reference = Reference::parse(&raw).map_err(|e| Error::Images {
-            path: root.join(whys.first().and_then(|w| w.split(':').next()).unwrap_or("")),
-            reason: e.to_string(),
+        let reference = Reference::parse(&raw).map_err(|e| {
+            let shown = whys.first().and_then(|w| w.split(':').next()).unwrap_or("");
+            Error::Images {
+                path: files
+                    .iter()
+                    .find(|(s, _)| s == shown)
+                    .map_or_else(|| PathBuf::from(shown), |(_, p)| p.clone()),
+                reason: e.to_string(),
+            }
         })?;
         let entry = out.entry(reference.to_string()).or_default();
         for why in whys {

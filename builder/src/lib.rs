@@ -22,6 +22,7 @@ pub mod pack;
 pub mod pull;
 pub mod reference;
 pub mod sign;
+pub mod stored;
 pub mod stub;
 
 pub use error::{Error, Result};

@@ -9,12 +9,15 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use kubeferry_builder::pack::{self, Spec, sidecar};
-use kubeferry_builder::{Error, collect, kubefile, sign, stub};
+use kubeferry_builder::pull::{Counters, Platform, PullError, PullOptions, Puller, auth};
+use kubeferry_builder::reference::Reference;
+use kubeferry_builder::{Error, collect, images, kubefile, sign, stored, stub};
 use kubeferry_installer::arch::Arch;
 use kubeferry_installer::error::human_bytes;
 use kubeferry_installer::extract::ExtractOptions;
 use kubeferry_installer::keys::{FileDigest, PublicKey, SecretKey};
-use kubeferry_installer::manifest::ImageConfig;
+use kubeferry_installer::manifest::{Digest, ImageConfig, ImageRecord};
+use kubeferry_installer::progress::Reporter as _;
 use kubeferry_installer::reader::Bundle;
 use kubeferry_installer::trust::Trust;
 use kubeferry_installer::{StreamOptions, extract};
@@ -110,21 +113,8 @@ struct PullArgs {
     /// Keep every platform of a multi-platform image.
     #[arg(long)]
     all_platforms: bool,
-    /// The blob cache [default: $XDG_CACHE_HOME/kubeferry/blobs or ~/.cache/kubeferry/blobs].
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Credentials for a registry, HOST=USER:PASSWORD (before ~/.docker/config.json).
-    #[arg(long, value_name = "HOST=USER:PASS")]
-    registry_auth: Vec<String>,
-    /// The docker configuration file to read credentials from.
-    #[arg(long, value_name = "FILE")]
-    docker_config: Option<PathBuf>,
-    /// Send requests for a registry (or registry/prefix) to another, FROM=TO.
-    #[arg(long, value_name = "FROM=TO")]
-    mirror: Vec<String>,
-    /// Speak plain HTTP to this registry (loopback registries always are).
-    #[arg(long, value_name = "HOST")]
-    insecure_registry: Vec<String>,
+    #[command(flatten)]
+    registries: RegistryArgs,
     /// Parallel blob downloads.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
@@ -133,7 +123,55 @@ struct PullArgs {
     json: bool,
 }
 
+/// How images are pulled from registries: shared by `build` and `pull`.
 #[derive(Debug, Args)]
+struct RegistryArgs {
+    /// The blob cache [default: $XDG_CACHE_HOME/kubeferry/blobs or ~/.cache/kubeferry/blobs].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Credentials for a registry, HOST=USER:PASSWORD (before ~/.docker/config.json).
+    #[arg(long, value_name = "HOST=USER:PASS")]
+    registry_auth: Vec<String>,
+    /// The docker configuration file to read credentials from [default:
+    /// $DOCKER_CONFIG/config.json or ~/.docker/config.json].
+    #[arg(long, value_name = "FILE")]
+    docker_config: Option<PathBuf>,
+    /// Send requests for a registry (or registry/prefix) to another, FROM=TO; images keep
+    /// their original names (--mirror sea.hub:5000=registry.k8s.io).
+    #[arg(long, value_name = "FROM=TO")]
+    mirror: Vec<String>,
+    /// Speak plain HTTP to this registry (loopback registries always are).
+    #[arg(long, value_name = "HOST")]
+    insecure_registry: Vec<String>,
+}
+
+impl RegistryArgs {
+    fn options(&self, platforms: Vec<Platform>, jobs: u16) -> Result<PullOptions, PullError> {
+        Ok(PullOptions {
+            platforms,
+            cache_dir: self.cache_dir.clone(),
+            docker_config: self.docker_config.clone(),
+            registry_auth: self
+                .registry_auth
+                .iter()
+                .map(|a| auth::parse_registry_auth(a))
+                .collect::<Result<Vec<_>, _>>()?,
+            mirrors: self.mirror.iter().map(|m| m.parse()).collect::<Result<Vec<_>, _>>()?,
+            insecure: self.insecure_registry.clone(),
+            jobs: usize::from(jobs),
+            cancel: Some(kubeferry_term::cancel_on_signal()),
+            ..PullOptions::default()
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Images: every image the rootfs names (see 'kubeferry images') that its registry/ does \
+not hold is pulled for each architecture into the bundle's registry/, and the signed manifest lists \
+every image of registry/. With --no-pull, a missing image is an error, or with --allow-missing-images a \
+warning."
+)]
 struct BuildArgs {
     /// The CloudRootfs directory (bin/, cri/, etc/, images/, registry/, scripts/, manifests/,
     /// and per-architecture folders such as amd64/ and arm64/); with --file, the build context
@@ -181,6 +219,19 @@ struct BuildArgs {
     /// Compression threads [default: one per core, at most 4]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: Option<u16>,
+    /// Contact no registry: an image the rootfs names that its registry/ does not hold is an
+    /// error, naming the file that asks for it.
+    #[arg(long, help_heading = "Images")]
+    no_pull: bool,
+    /// With --no-pull: build even when images are missing from registry/, with a warning for
+    /// each (the installed cluster will not find them).
+    #[arg(long, requires = "no_pull", help_heading = "Images")]
+    allow_missing_images: bool,
+    #[command(flatten, next_help_heading = "Images")]
+    registries: RegistryArgs,
+    /// Parallel blob downloads.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Images")]
+    pull_jobs: u16,
 }
 
 const fn host_arch() -> &'static str {
@@ -293,8 +344,12 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
         base_trust.keys.push(key.public_key());
     }
     let mut unpacked = Unpacked(Vec::new());
-    for (&arch, (stub_path, stub_bytes)) in arches.iter().zip(&stubs) {
-        let (layers, image) = match &kubefile_text {
+    // Every architecture's tree is assembled and its images collected before any bundle is
+    // written, so that a missing image or a failed pull leaves no bundle behind.
+    let mut prepared = Vec::new();
+    let mut counters = Counters::default();
+    for &arch in &arches {
+        let (mut layers, image) = match &kubefile_text {
             Some(text) => {
                 let mut build_args = build_args.clone();
                 for name in ["ARCH", "TARGETARCH"] {
@@ -322,6 +377,13 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
             }
             None => (vec![collect::Layer::root(&args.rootfs)], ImageConfig::default()),
         };
+        let images = bundle_images(args, arch, &mut layers, &mut unpacked, &mut counters, term)?;
+        prepared.push((arch, layers, image, images));
+    }
+    if counters.blobs_fetched + counters.cache_hits > 0 {
+        term.say(&format!("images: {}", describe_counters(&counters)));
+    }
+    for ((arch, layers, image, images), (stub_path, stub_bytes)) in prepared.into_iter().zip(&stubs) {
         // A first walk reads no content: it finds what cannot be packed before anything is
         // written, learns what the tree says about itself, and gives the progress bar its total.
         let (_, unpacked_size, facts) = collect::measure(collect::walk_layers(layers.clone(), arch)?)?;
@@ -334,6 +396,7 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
                 .or_else(|| label(&["cluster.alpha.sealer.io/cluster-runtime-version", "version"])),
             cri: facts.cri.or_else(|| label(&["cluster.alpha.sealer.io/container-runtime-type"])),
             image,
+            images,
             mtime,
             level: args.level,
             jobs: args.jobs.map_or(0, usize::from),
@@ -358,6 +421,108 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
         println!("{}", packed.path.display());
     }
     Ok(())
+}
+
+/// Finds the images the tree of `layers` names for `arch`; pulls those its registry/ does not
+/// hold into `OUT/.kubeferry-images-ARCH/`, which is added to `layers` as the last one, at
+/// `registry/` (and removed when the build ends); returns every image the bundle's registry/
+/// will hold, for the manifest.
+fn bundle_images(
+    args: &BuildArgs,
+    arch: Arch,
+    layers: &mut Vec<collect::Layer>,
+    cleanup: &mut Unpacked,
+    counters: &mut Counters,
+    term: &Terminal,
+) -> Result<Vec<ImageRecord>, Error> {
+    let scan = stored::scan(collect::walk_layers(layers.clone(), arch)?)?;
+    let found = images::discover_files(&scan.sources)?;
+    let mut records = Vec::new();
+    // The tags of registry/ that a reference of the rootfs names.
+    let mut named = std::collections::BTreeSet::new();
+    let mut missing = Vec::new();
+    for (text, places) in &found {
+        let reference = Reference::parse(text).map_err(PullError::from)?;
+        if let Some(tag) = reference.tag() {
+            named.insert((reference.repository().to_string(), tag.to_string()));
+        }
+        match scan.stored.resolve(&reference) {
+            Some(digest) => records.push(scan.stored.record(text, reference.repository(), &digest)?),
+            None => missing.push((reference, places.clone())),
+        }
+    }
+    for (repository, tag, digest) in scan.stored.tags() {
+        if !named.contains(&(repository.clone(), tag.clone())) {
+            records.push(scan.stored.record(&format!("{repository}:{tag}"), &repository, &digest)?);
+        }
+    }
+    if !found.is_empty() {
+        term.say(&format!(
+            "{arch}: the rootfs names {} images, {} of them in its registry/",
+            found.len(),
+            found.len() - missing.len()
+        ));
+    }
+    if !missing.is_empty() && args.no_pull {
+        if !args.allow_missing_images {
+            let missing = missing.into_iter().map(|(r, places)| (r.to_string(), places)).collect();
+            return Err(Error::MissingImages { arch, missing });
+        }
+        for (reference, places) in &missing {
+            term.warn(&format!(
+                "'{reference}' (named in {}) is not in registry/ and is left out of the {arch} bundle",
+                places.join("; ")
+            ));
+        }
+    } else if !missing.is_empty() {
+        let dir = args.out.join(format!(".kubeferry-images-{arch}"));
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io("remove", &dir)(e)),
+            _ => {}
+        }
+        cleanup.push(dir.clone());
+        let options = args.registries.options(vec![Platform::linux(arch.name())], args.pull_jobs)?;
+        let puller = Puller::new(options)?;
+        let references: Vec<Reference> = missing.iter().map(|(r, _)| r.clone()).collect();
+        term.say(&format!("pulling {} images for {arch}", references.len()));
+        let start = std::time::Instant::now();
+        let pulled = puller.pull(&references, &dir, term).map_err(|e| {
+            let named_in = e
+                .reference()
+                .and_then(|r| missing.iter().find(|(m, _)| m.to_string() == r))
+                .map(|(r, places)| (r.to_string(), places.join("; ")));
+            match named_in {
+                Some((reference, named_in)) => Error::ImagePull { reference, named_in, source: Box::new(e) },
+                None => Error::from(e),
+            }
+        })?;
+        let c = puller.counters();
+        term.say(&format!(
+            "pulled {} images for {arch} in {:.1}s: {}",
+            pulled.len(),
+            start.elapsed().as_secs_f64(),
+            describe_counters(&c)
+        ));
+        counters.manifests_fetched += c.manifests_fetched;
+        counters.blobs_fetched += c.blobs_fetched;
+        counters.bytes_fetched += c.bytes_fetched;
+        counters.cache_hits += c.cache_hits;
+        counters.retries += c.retries;
+        for image in pulled {
+            let digest = Digest::parse(&image.digest)
+                .ok_or_else(|| PullError::Option(format!("'{}' is not a sha256 digest", image.digest)))?;
+            records.push(ImageRecord {
+                name: image.reference.to_string(),
+                repository: image.reference.repository().to_string(),
+                digest,
+                platforms: image.platforms.iter().map(ToString::to_string).collect(),
+                size: image.size,
+            });
+        }
+        layers.push(collect::Layer { source: dir, at: "registry".into() });
+    }
+    records.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(records)
 }
 
 /// Directories a FROM bundle was unpacked into, removed when the build ends.
@@ -526,8 +691,6 @@ fn verify(
 }
 
 fn pull(args: &PullArgs, term: &Terminal) -> Result<(), Error> {
-    use kubeferry_builder::pull::{PullError, PullOptions, Puller, auth};
-    use kubeferry_builder::reference::Reference;
     let references = args
         .references
         .iter()
@@ -538,35 +701,18 @@ fn pull(args: &PullArgs, term: &Terminal) -> Result<(), Error> {
         .iter()
         .map(|a| a.parse().map_err(PullError::Option))
         .collect::<Result<Vec<_>, PullError>>()?;
-    let options = PullOptions {
-        platforms,
-        all_platforms: args.all_platforms,
-        cache_dir: args.cache_dir.clone(),
-        docker_config: args.docker_config.clone(),
-        registry_auth: args
-            .registry_auth
-            .iter()
-            .map(|a| auth::parse_registry_auth(a))
-            .collect::<Result<Vec<_>, _>>()?,
-        mirrors: args.mirror.iter().map(|m| m.parse()).collect::<Result<Vec<_>, _>>()?,
-        insecure: args.insecure_registry.clone(),
-        jobs: usize::from(args.jobs),
-        cancel: Some(kubeferry_term::cancel_on_signal()),
-        ..PullOptions::default()
-    };
+    let options =
+        PullOptions { all_platforms: args.all_platforms, ..args.registries.options(platforms, args.jobs)? };
     let puller = Puller::new(options)?;
     let start = std::time::Instant::now();
     let pulled = puller.pull(&references, &args.out, term)?;
     let c = puller.counters();
     term.say(&format!(
-        "pulled {} images into '{}' in {:.1}s: {} blobs and {} manifests fetched ({}), {} from the cache",
+        "pulled {} images into '{}' in {:.1}s: {}",
         pulled.len(),
         args.out.display(),
         start.elapsed().as_secs_f64(),
-        c.blobs_fetched,
-        c.manifests_fetched,
-        human_bytes(c.bytes_fetched),
-        c.cache_hits
+        describe_counters(&c)
     ));
     if args.json {
         println!("{:#}", serde_json::json!({"images": pulled, "counters": c}));
@@ -577,6 +723,16 @@ fn pull(args: &PullArgs, term: &Terminal) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+fn describe_counters(c: &Counters) -> String {
+    format!(
+        "{} blobs and {} manifests fetched ({}), {} from the cache",
+        c.blobs_fetched,
+        c.manifests_fetched,
+        human_bytes(c.bytes_fetched),
+        c.cache_hits
+    )
 }
 
 #[cfg(test)]

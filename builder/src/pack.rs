@@ -21,7 +21,8 @@ use kubeferry_installer::arch::Arch;
 use kubeferry_installer::index::IndexWriter;
 use kubeferry_installer::keys::{FileDigest, SecretKey};
 use kubeferry_installer::manifest::{
-    Blob, Chunk, Codec, Digest, Entry, ImageConfig, MANIFEST_FORMAT, Manifest, Mode, Owner, Payload, Signer,
+    Blob, Chunk, Codec, Digest, Entry, ImageConfig, ImageRecord, MANIFEST_FORMAT, Manifest, Mode, Owner,
+    Payload, Signer,
 };
 use kubeferry_installer::pipeline;
 use kubeferry_installer::progress::Reporter;
@@ -160,6 +161,8 @@ pub struct Spec {
     pub cri: Option<String>,
     /// What the Kubefile says about the image.
     pub image: ImageConfig,
+    /// The container images the bundle's registry/ holds.
+    pub images: Vec<ImageRecord>,
     /// Modification time of every entry (SOURCE_DATE_EPOCH, or 0).
     pub mtime: i64,
     /// zstd level.
@@ -181,6 +184,7 @@ impl Spec {
             kubernetes_version: None,
             cri: None,
             image: ImageConfig::default(),
+            images: Vec::new(),
             mtime: 0,
             level: 3,
             jobs: 0,
@@ -286,6 +290,7 @@ pub fn pack(
         kubernetes_version: spec.kubernetes_version.clone(),
         cri: spec.cri.clone(),
         image: spec.image.clone(),
+        images: spec.images.clone(),
         builder: format!("kubeferry {}", env!("CARGO_PKG_VERSION")),
         mtime: spec.mtime,
         owner: Owner { uid: 0, gid: 0 },

@@ -44,6 +44,9 @@ pub struct Manifest {
     /// What the image's Kubefile says about it: ENV, LABEL, CMD and ENTRYPOINT.
     #[serde(default, skip_serializing_if = "ImageConfig::is_empty")]
     pub image: ImageConfig,
+    /// Every container image the bundle's `registry/` holds, sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageRecord>,
     /// The program that built the bundle, e.g. `kubeferry 0.1.0`.
     pub builder: String,
     /// Modification time (seconds since the epoch) given to every extracted entry.
@@ -84,6 +87,26 @@ impl ImageConfig {
     pub fn is_empty(&self) -> bool {
         *self == ImageConfig::default()
     }
+}
+
+/// A container image the bundle's `registry/` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRecord {
+    /// The reference the rootfs names it by, in its canonical form
+    /// (`docker.io/library/nginx:1.25`); `REPOSITORY:TAG` for an image of `registry/` that no
+    /// file of the rootfs names.
+    pub name: String,
+    /// The repository `registry/` holds it in (`library/nginx`), which the bundled registry
+    /// serves.
+    pub repository: String,
+    /// The digest of the manifest (or index) the name points at.
+    pub digest: Digest,
+    /// The platforms held (`linux/amd64`); empty when the image does not say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<String>,
+    /// Bytes of every manifest and blob of the image, each counted once.
+    pub size: u64,
 }
 
 /// The index region: one record per entry of the rootfs, in tree order, as JSON lines cut
@@ -588,6 +611,7 @@ mod tests {
             kubernetes_version: None,
             cri: None,
             image: ImageConfig::default(),
+            images: Vec::new(),
             builder: "test".into(),
             mtime: 0,
             owner: Owner { uid: 0, gid: 0 },
@@ -712,5 +736,43 @@ mod tests {
         assert_eq!(Digest::parse(&d.to_string()), Some(d));
         assert_eq!(Digest::parse("sha256:zz"), None);
         assert_eq!(serde_json::to_string(&Mode(0o755)).unwrap(), "\"0755\"");
+    }
+
+    #[test]
+    fn images_are_optional_and_checked() {
+        // A manifest written before images were listed reads, and one without images is
+        // written as it was.
+        let m = manifest(1, 3);
+        let bytes = m.to_bytes();
+        assert!(!String::from_utf8_lossy(&bytes).contains("images"));
+        assert_eq!(serde_json::from_slice::<Manifest>(&bytes).unwrap(), m);
+        let mut m = manifest(1, 3);
+        m.images.push(ImageRecord {
+            name: "docker.io/library/nginx:1.25".into(),
+            repository: "library/nginx".into(),
+            digest: Digest::of(b"manifest"),
+            platforms: vec!["linux/amd64".into()],
+            size: 42,
+        });
+        let text = String::from_utf8(m.to_bytes()).unwrap();
+        assert!(text.contains(&format!(
+            r#""images":[{{"name":"docker.io/library/nginx:1.25","repository":"library/nginx","digest":"{}","platforms":["linux/amd64"],"size":42}}]"#,
+            Digest::of(b"manifest")
+        )));
+        assert_eq!(serde_json::from_str::<Manifest>(&text).unwrap(), m);
+        let unknown = text.replace(r#""size":42"#, r#""size":42,"extra":1"#);
+        assert!(
+            serde_json::from_str::<Manifest>(&unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field `extra`")
+        );
+        let bad = text.replace(&Digest::of(b"manifest").to_string(), "sha256:abc");
+        assert!(
+            serde_json::from_str::<Manifest>(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("is not a sha256 digest")
+        );
     }
 }

@@ -284,3 +284,16 @@ pub fn pushed() -> Pushed {
     );
     Pushed { _dir: tmp, dir, storage, made, docker_registry_copy }
 }
+
+/// An `auth:` section for [`docker_registry_with`] that asks for `user` and `password`
+/// (htpasswd, bcrypt), its file written in `dir`.
+pub fn htpasswd(dir: &Path, user: &str, password: &str) -> String {
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", user, password])
+        .output()
+        .expect("the authentication tests need htpasswd: apt-get install -y apache2-utils");
+    assert!(out.status.success());
+    let path = dir.join("htpasswd");
+    fs::write(&path, &out.stdout).unwrap();
+    format!("auth:\n  htpasswd:\n    realm: kubeferry-test\n    path: {}\n", path.display())
+}

@@ -383,7 +383,17 @@ pub fn open_bundle(
     use kubeferry_installer::trust::Trust;
     let (key, public) = keygen(dir, "release");
     let out = ok(kubeferry()
-        .args(["build", "--quiet", "--name", "example", "--version", "v1.20.2", "-o"])
+        .args([
+            "build",
+            "--quiet",
+            "--no-pull",
+            "--allow-missing-images",
+            "--name",
+            "example",
+            "--version",
+            "v1.20.2",
+            "-o",
+        ])
         .arg(dir.join("dist"))
         .arg("--key")
         .arg(&key)

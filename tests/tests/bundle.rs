@@ -32,7 +32,18 @@ fn built() -> Built {
     let rootfs = fixture_rootfs(&dir);
     let (key, public) = keygen(&dir, "release");
     let out = ok(kubeferry()
-        .args(["build", "--name", "edge", "--version", "v1.20.2", "--arch", "amd64", "-o"])
+        .args([
+            "build",
+            "--no-pull",
+            "--allow-missing-images",
+            "--name",
+            "edge",
+            "--version",
+            "v1.20.2",
+            "--arch",
+            "amd64",
+            "-o",
+        ])
         .arg(dir.join("dist"))
         .arg("--key")
         .arg(&key)
@@ -127,7 +138,18 @@ fn builds_are_byte_identical_whatever_the_threads_and_file_times() {
     ok(Command::new("find").arg(&b.rootfs).args(["-exec", "touch", "-d", "2001-02-03", "{}", "+"]));
     let again = b.dir.join("again");
     ok(kubeferry()
-        .args(["build", "--name", "edge", "--version", "v1.20.2", "--jobs", "1", "-o"])
+        .args([
+            "build",
+            "--no-pull",
+            "--allow-missing-images",
+            "--name",
+            "edge",
+            "--version",
+            "v1.20.2",
+            "--jobs",
+            "1",
+            "-o",
+        ])
         .arg(&again)
         .arg("--key")
         .arg(&b.key)
@@ -147,7 +169,17 @@ fn signing_later_gives_the_same_file_as_signing_at_build() {
     let b = built();
     let out = b.dir.join("unsigned");
     ok(kubeferry()
-        .args(["build", "--name", "edge", "--version", "v1.20.2", "--unsigned", "-o"])
+        .args([
+            "build",
+            "--no-pull",
+            "--allow-missing-images",
+            "--name",
+            "edge",
+            "--version",
+            "v1.20.2",
+            "--unsigned",
+            "-o",
+        ])
         .arg(&out)
         .arg(format!("--stub=amd64={}", stub_bin().display()))
         .arg(&b.rootfs));
@@ -425,7 +457,17 @@ fn the_builder_refuses_stubs_for_the_wrong_architecture_or_dynamically_linked() 
     let b = built();
     let arm = arm64_stub(&b.dir);
     let (code, _, stderr) = run(kubeferry()
-        .args(["build", "--name", "x", "--version", "1", "--unsigned", "-o"])
+        .args([
+            "build",
+            "--no-pull",
+            "--allow-missing-images",
+            "--name",
+            "x",
+            "--version",
+            "1",
+            "--unsigned",
+            "-o",
+        ])
         .arg(b.dir.join("o"))
         .arg(format!("--stub=amd64={}", arm.display()))
         .arg(&b.rootfs));
@@ -438,7 +480,17 @@ fn the_builder_refuses_stubs_for_the_wrong_architecture_or_dynamically_linked() 
         "{stderr}"
     );
     let (_, _, stderr) = run(kubeferry()
-        .args(["build", "--name", "x", "--version", "1", "--unsigned", "-o"])
+        .args([
+            "build",
+            "--no-pull",
+            "--allow-missing-images",
+            "--name",
+            "x",
+            "--version",
+            "1",
+            "--unsigned",
+            "-o",
+        ])
         .arg(b.dir.join("o"))
         .arg("--stub=amd64=/usr/bin/env")
         .arg(&b.rootfs));
@@ -452,7 +504,19 @@ fn the_builder_refuses_stubs_for_the_wrong_architecture_or_dynamically_linked() 
     fs::copy(kubeferry_bin(), &lonely).unwrap();
     let (_, _, stderr) = run(Command::new(&lonely)
         .env_remove("KUBEFERRY_STUB_DIR")
-        .args(["build", "--name", "x", "--version", "1", "--unsigned", "--arch", "arm64", "-o"])
+        .args([
+            "build",
+            "--no-pull",
+            "--allow-missing-images",
+            "--name",
+            "x",
+            "--version",
+            "1",
+            "--unsigned",
+            "--arch",
+            "arm64",
+            "-o",
+        ])
         .arg(b.dir.join("o"))
         .arg(&b.rootfs));
     assert!(
@@ -477,7 +541,18 @@ fn one_build_writes_one_file_per_architecture_and_a_host_refuses_the_wrong_one()
     let arm = arm64_stub(&b.dir);
     let out = b.dir.join("multi");
     let printed = ok(kubeferry()
-        .args(["build", "--name", "edge", "--version", "v1", "--arch", "amd64,arm64", "-o"])
+        .args([
+            "build",
+            "--no-pull",
+            "--allow-missing-images",
+            "--name",
+            "edge",
+            "--version",
+            "v1",
+            "--arch",
+            "amd64,arm64",
+            "-o",
+        ])
         .arg(&out)
         .arg("--key")
         .arg(&b.key)
@@ -544,7 +619,7 @@ fn keys_are_private_and_a_readable_key_is_refused() {
     assert_eq!(code, 1, "{stderr}");
     fs::set_permissions(&b.key, fs::Permissions::from_mode(0o644)).unwrap();
     let (code, _, stderr) = run(kubeferry()
-        .args(["build", "--name", "x", "--version", "1", "-o"])
+        .args(["build", "--no-pull", "--allow-missing-images", "--name", "x", "--version", "1", "-o"])
         .arg(b.dir.join("o"))
         .arg("--key")
         .arg(&b.key)
@@ -724,7 +799,18 @@ fn a_real_arm64_bundle_verifies_lists_and_extracts_under_emulation() {
     let b = built();
     let out = b.dir.join("arm");
     ok(kubeferry()
-        .args(["build", "--name", "edge", "--version", "v1", "--arch", "arm64", "-o"])
+        .args([
+            "build",
+            "--no-pull",
+            "--allow-missing-images",
+            "--name",
+            "edge",
+            "--version",
+            "v1",
+            "--arch",
+            "arm64",
+            "-o",
+        ])
         .arg(&out)
         .arg("--key")
         .arg(&b.key)

@@ -22,7 +22,7 @@ fn fixture() -> Fixture {
     let rootfs = fixture_rootfs(&dir);
     let (key, public) = keygen(&dir, "release");
     let out = ok(kubeferry()
-        .args(["build", "--name", "edge", "--version", "v1", "-o"])
+        .args(["build", "--no-pull", "--allow-missing-images", "--name", "edge", "--version", "v1", "-o"])
         .arg(dir.join("dist"))
         .arg("--key")
         .arg(&key)

@@ -24,7 +24,7 @@ fn a_kubefile_assembles_the_rootfs_and_its_metadata_goes_into_the_manifest() {
     let (key, _) = keygen(tmp.path(), "release");
     let out = tmp.path().join("dist");
     ok(kubeferry()
-        .args(["build", "-f"])
+        .args(["build", "--no-pull", "--allow-missing-images", "-f"])
         .arg(context.join("Kubefile"))
         .arg(&context)
         .args(["--name", "kf", "--version", "v1", "--key"])
@@ -55,7 +55,7 @@ fn a_bad_kubefile_is_refused_naming_its_line_and_writes_nothing() {
     write(&context.join("Kubefile"), "FROM scratch\nCOPY missing/* manifests\n");
     let out = tmp.path().join("dist");
     let (code, _, stderr) = run(kubeferry()
-        .args(["build", "-f"])
+        .args(["build", "--no-pull", "--allow-missing-images", "-f"])
         .arg(context.join("Kubefile"))
         .arg(&context)
         .args(["--name", "kf", "--version", "v1", "--unsigned", "--stub"])
@@ -84,7 +84,7 @@ fn a_kubefile_builds_from_a_trusted_bundle_and_inherits_its_image_settings() {
     let build = |kubefile: &str, name: &str, key: &std::path::Path| {
         let mut command = kubeferry();
         command
-            .args(["build", "-f"])
+            .args(["build", "--no-pull", "--allow-missing-images", "-f"])
             .arg(context.join(kubefile))
             .arg(&context)
             .args(["--name", name, "--version", "v1", "--stub", &stub, "--key"])

@@ -338,17 +338,6 @@ fn a_blob_that_does_not_match_its_digest_is_refused() {
     assert!(!out.join("docker/registry/v2/repositories").exists());
 }
 
-fn htpasswd(dir: &Path, user: &str, password: &str) -> String {
-    let out = Command::new("htpasswd")
-        .args(["-Bbn", user, password])
-        .output()
-        .expect("the authentication tests need htpasswd: apt-get install -y apache2-utils");
-    assert!(out.status.success());
-    let path = dir.join("htpasswd");
-    fs::write(&path, &out.stdout).unwrap();
-    format!("auth:\n  htpasswd:\n    realm: kubeferry-test\n    path: {}\n", path.display())
-}
-
 #[test]
 fn basic_authentication_with_htpasswd() {
     let f = fixture();

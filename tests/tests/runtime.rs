@@ -14,7 +14,17 @@ use kubeferry_tests::*;
 fn extracted_example(dir: &std::path::Path) -> PathBuf {
     let (key, public) = keygen(dir, "release");
     let out = ok(kubeferry()
-        .args(["build", "--quiet", "--name", "example", "--version", "v1.20.2", "-o"])
+        .args([
+            "build",
+            "--quiet",
+            "--no-pull",
+            "--allow-missing-images",
+            "--name",
+            "example",
+            "--version",
+            "v1.20.2",
+            "-o",
+        ])
         .arg(dir.join("dist"))
         .arg("--key")
         .arg(&key)

@@ -155,6 +155,26 @@ impl PullError {
         move |source| PullError::Io { action, path, source }
     }
 
+    /// The reference the error is about, normalised, when it is about one.
+    pub fn reference(&self) -> Option<&str> {
+        match self {
+            PullError::Reference(e) => Some(&e.reference),
+            PullError::NotFound { reference, .. }
+            | PullError::Unauthorized { reference, .. }
+            | PullError::DigestMismatch { reference, .. }
+            | PullError::SizeMismatch { reference, .. }
+            | PullError::Http { reference, .. }
+            | PullError::Unreachable { reference, .. }
+            | PullError::BadManifest { reference, .. }
+            | PullError::NoPlatform { reference, .. }
+            | PullError::Transfer { reference, .. } => Some(reference),
+            PullError::Credentials { .. }
+            | PullError::Option(_)
+            | PullError::Io { .. }
+            | PullError::Interrupted => None,
+        }
+    }
+
     /// What the user can do about it, when there is something.
     pub fn hint(&self) -> Option<String> {
         match self {

@@ -524,6 +524,7 @@ mod tests {
             kubernetes_version: None,
             cri: None,
             image: Default::default(),
+            images: Vec::new(),
             builder: "test".into(),
             mtime: 0,
             owner: Owner { uid: 0, gid: 0 },

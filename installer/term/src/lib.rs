@@ -207,7 +207,22 @@ pub fn render_summary(
             },
         ),
     ];
-    lines.iter().map(|(k, v)| format!("{:<11} {v}\n", format!("{k}:"))).collect()
+    let mut text: String = lines.iter().map(|(k, v)| format!("{:<11} {v}\n", format!("{k}:"))).collect();
+    if !manifest.images.is_empty() {
+        text.push_str(&format!("{:<11} {} in registry/\n", "images:", manifest.images.len()));
+        let width = manifest.images.iter().map(|i| i.name.len()).max().unwrap_or(0);
+        for image in &manifest.images {
+            let platforms =
+                if image.platforms.is_empty() { "-".to_string() } else { image.platforms.join(",") };
+            text.push_str(&format!(
+                "  {:<width$}  {}  {platforms}  {}\n",
+                image.name,
+                image.digest,
+                human_bytes(image.size)
+            ));
+        }
+    }
+    text
 }
 
 /// Writes the file list `kubeferry inspect` and the stub's `list` print, as the index is read:
