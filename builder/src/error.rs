@@ -104,6 +104,20 @@ pub enum Error {
     /// Pulling an image failed.
     #[error(transparent)]
     Pull(Box<crate::pull::PullError>),
+    /// A base image (`FROM IMAGE`, `--from`) could not be pulled or flattened.
+    #[error("the base image '{reference}' could not be used for {arch}")]
+    Base {
+        /// The reference.
+        reference: String,
+        /// The architecture being built.
+        arch: Arch,
+        /// Why.
+        #[source]
+        source: Box<crate::base::BaseError>,
+    },
+    /// An image archive of `images/` could not be imported.
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
     /// Interrupted by a signal; the partial output was removed.
     #[error("interrupted; the partial output was removed")]
     Interrupted,
@@ -128,6 +142,11 @@ impl Error {
             Error::Bundle(e) => e.exit_code(),
             Error::Interrupted => exit::INTERRUPTED,
             Error::Pull(e) if matches!(**e, crate::pull::PullError::Interrupted) => exit::INTERRUPTED,
+            Error::Base { source, .. }
+                if matches!(**source, crate::base::BaseError::Pull(crate::pull::PullError::Interrupted)) =>
+            {
+                exit::INTERRUPTED
+            }
             _ => exit::FAILED,
         }
     }
@@ -148,6 +167,14 @@ impl Error {
             Error::Key(key) => key.hint(),
             Error::Bundle(e) => e.hint(),
             Error::Pull(e) => e.hint(),
+            Error::Base { source, .. } => match &**source {
+                crate::base::BaseError::Pull(e) => e.hint(),
+                crate::base::BaseError::Layer { .. } => Some(
+                    "the image's layers are refused as they are; rebuild the image without the entry named"
+                        .into(),
+                ),
+                crate::base::BaseError::Unusable { .. } => None,
+            },
             _ => None,
         }
     }
