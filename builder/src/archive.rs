@@ -507,3 +507,111 @@ impl Importer<'_> {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use kubeferry_installer::progress::Silent;
+
+    use super::*;
+    use crate::pull::manifest::{OCI_INDEX, OCI_MANIFEST};
+
+    fn put(layout: &Path, bytes: &[u8]) -> serde_json::Value {
+        let digest = format!("sha256:{:x}", Sha256::digest(bytes));
+        let dir = layout.join("blobs/sha256");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(&digest[7..]), bytes).unwrap();
+        serde_json::json!({"digest": digest, "size": bytes.len()})
+    }
+
+    /// An OCI layout of an amd64 + arm64 index named `example.com/app:v1`; returns the amd64
+    /// manifest's digest.
+    fn layout(dir: &Path) -> String {
+        let mut children = Vec::new();
+        let mut amd64 = String::new();
+        for arch in ["amd64", "arm64"] {
+            let layer = put(dir, format!("not really a tar for {arch}").as_bytes());
+            let config =
+                put(dir, serde_json::json!({"architecture": arch, "os": "linux"}).to_string().as_bytes());
+            let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": config, "layers": [layer]});
+            let mut d = put(dir, manifest.to_string().as_bytes());
+            if arch == "amd64" {
+                amd64 = d["digest"].as_str().unwrap().to_string();
+            }
+            d["mediaType"] = OCI_MANIFEST.into();
+            d["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+            children.push(d);
+        }
+        let mut index = put(
+            dir,
+            serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children})
+                .to_string()
+                .as_bytes(),
+        );
+        index["mediaType"] = OCI_INDEX.into();
+        index["annotations"] = serde_json::json!({OCI_REF_NAME: "example.com/app:v1"});
+        fs::write(
+            dir.join("index.json"),
+            serde_json::json!({"schemaVersion": 2, "manifests": [index]}).to_string(),
+        )
+        .unwrap();
+        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        amd64
+    }
+
+    fn tar_dir(dir: &Path, to: &Path) {
+        let mut builder = tar::Builder::new(fs::File::create(to).unwrap());
+        builder.append_dir_all(".", dir).unwrap();
+        builder.finish().unwrap();
+    }
+
+    #[test]
+    fn imports_an_oci_layout_archive_for_one_architecture_and_refuses_a_tampered_blob() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        let amd64 = layout(&src);
+        let images = tmp.path().join("images");
+        fs::create_dir_all(images.join("shim")).unwrap();
+        fs::write(images.join("shim/imageList"), "example.com/app:v1\n").unwrap();
+        tar_dir(&src, &images.join("app.tar"));
+        let out = tmp.path().join("registry");
+        let imported = import_archives(&images, &out, Arch::Amd64, &Silent).unwrap();
+        assert_eq!(imported.len(), 1);
+        assert_eq!(imported[0].reference.to_string(), "example.com/app:v1");
+        assert_eq!(imported[0].digest, amd64);
+        let store = Store::new(&out);
+        let link = out.join("docker/registry/v2/repositories/app/_manifests/tags/v1/current/link");
+        assert_eq!(fs::read_to_string(link).unwrap(), amd64);
+        assert!(store.blob_path(&amd64).is_file());
+        let leftovers: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(leftovers.iter().all(|n| !n.starts_with(".kubeferry")), "{leftovers:?}");
+
+        // One byte changed in a layer: refused, naming the blob and both digests.
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&fs::read(src.join("blobs/sha256").join(&amd64[7..])).unwrap()).unwrap();
+        let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+        let path = src.join("blobs/sha256").join(&layer[7..]);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[0] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let found = format!("sha256:{:x}", Sha256::digest(&bytes));
+        let err =
+            import_archives(&src.parent().unwrap().join("src-parent-missing"), &out, Arch::Amd64, &Silent);
+        assert!(err.unwrap().is_empty(), "a missing images/ imports nothing");
+        fs::remove_file(images.join("app.tar")).unwrap();
+        fs::rename(&src, images.join("app")).unwrap();
+        let err = import_archives(&images, &out, Arch::Amd64, &Silent).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "the image archive '{}': the blob {layer} does not match its digest: its content hashes to {found}",
+                images.join("app").display()
+            )
+        );
+    }
+}

@@ -140,16 +140,9 @@ struct BuildArgs {
     /// the Kubefile's FROM and COPY read from.
     #[arg(required_unless_present = "from")]
     rootfs: Option<PathBuf>,
-    /// Build from cluster images in registries instead of a directory: each image's layers,
-    /// in order, the later images' over the earlier ones' (a rootfs image, then application
-    /// images, as sealos combines them).
-    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["rootfs", "kubefile"])]
-    from: Vec<String>,
-    /// How FROM images are pulled.
-    #[command(flatten)]
-    registry: RegistryArgs,
-    /// Assemble the rootfs as this Kubefile says (FROM scratch or a directory, COPY, ENV,
-    /// ARG, LABEL, CMD, ENTRYPOINT); ARCH and TARGETARCH are set to each target architecture.
+    /// Assemble the rootfs as this Kubefile says (FROM scratch, a directory, a bundle or an
+    /// image; COPY, ENV, ARG, LABEL, CMD, ENTRYPOINT); ARCH and TARGETARCH are set to each
+    /// target architecture.
     #[arg(long = "file", short = 'f', value_name = "KUBEFILE")]
     kubefile: Option<PathBuf>,
     /// A public key trusted to have signed a FROM bundle, besides the key of --key and the
@@ -190,6 +183,14 @@ struct BuildArgs {
     /// Compression threads [default: one per core, at most 4]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: Option<u16>,
+    /// Build from cluster images in registries instead of a directory: each image's layers,
+    /// in order, the later images' over the earlier ones' (a rootfs image, then application
+    /// images, as sealos combines them).
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["rootfs", "kubefile"])]
+    from: Vec<String>,
+    /// How FROM images are pulled.
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 /// Where and how a build pulls the images it starts from (docs/pull.md).
