@@ -115,13 +115,15 @@ pub fn import_archives(
         Err(e) => return Err(io_err("read", images_dir)(e)),
     };
     names.sort();
+    fs_err::create_dir_all(registry_out).map_err(io_err("create", registry_out))?;
     let store = Store::new(registry_out);
     let mut imported = Vec::new();
     for path in names {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let meta = fs_err::metadata(&path).map_err(io_err("read", &path))?;
         if meta.is_dir() {
-            if name != SHIM_DIR && path.join("oci-layout").is_file() {
+            let layout = path.join("oci-layout").is_file() || path.join("manifest.json").is_file();
+            if name != SHIM_DIR && layout {
                 imported.extend(import_dir(&path, &path, &store, arch, reporter)?);
             }
         } else if is_tar_name(&name) {
@@ -434,7 +436,8 @@ impl Importer<'_> {
             });
             let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| self.bad(e.to_string()))?;
             let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
-            let manifest_path = self.root.join(format!(".kubeferry-manifest-{}", &digest[7..]));
+            // Made beside the storage, never in the archive (which may be the rootfs's own).
+            let manifest_path = self.store.root().join(format!(".kubeferry-manifest-{}", &digest[7..]));
             fs_err::write(&manifest_path, &bytes).map_err(io_err("write", &manifest_path))?;
             let manifest_blob = Blob { digest, size: bytes.len() as u64, path: manifest_path.clone() };
             let mut blobs = vec![config_blob];
