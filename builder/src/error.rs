@@ -133,6 +133,20 @@ pub enum Error {
         /// Each reference, with the places that name it.
         missing: Vec<(String, Vec<String>)>,
     },
+    /// A base image (`FROM IMAGE`, `--from`) could not be pulled or flattened.
+    #[error("the base image '{reference}' could not be used for {arch}")]
+    Base {
+        /// The reference.
+        reference: String,
+        /// The architecture being built.
+        arch: Arch,
+        /// Why.
+        #[source]
+        source: Box<crate::base::BaseError>,
+    },
+    /// An image archive of `images/` could not be imported.
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
     /// Interrupted by a signal; the partial output was removed.
     #[error("interrupted; the partial output was removed")]
     Interrupted,
@@ -173,6 +187,11 @@ impl Error {
             Error::ImagePull { source, .. } if matches!(**source, crate::pull::PullError::Interrupted) => {
                 exit::INTERRUPTED
             }
+            Error::Base { source, .. }
+                if matches!(**source, crate::base::BaseError::Pull(crate::pull::PullError::Interrupted)) =>
+            {
+                exit::INTERRUPTED
+            }
             _ => exit::FAILED,
         }
     }
@@ -206,6 +225,14 @@ impl Error {
                  ROOTFS/registry'), or pass --allow-missing-images to build without them"
                     .into(),
             ),
+            Error::Base { source, .. } => match &**source {
+                crate::base::BaseError::Pull(e) => e.hint(),
+                crate::base::BaseError::Layer { .. } => Some(
+                    "the image's layers are refused as they are; rebuild the image without the entry named"
+                        .into(),
+                ),
+                crate::base::BaseError::Unusable { .. } => None,
+            },
             _ => None,
         }
     }

@@ -14,6 +14,7 @@ use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::collect::Layer;
+use crate::reference::Reference;
 
 /// A parsed Kubefile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,12 +85,13 @@ impl Kubefile {
     /// `manifests/imageList`), as sealer does. Sources are globs relative to the context and
     /// may not leave it.
     ///
-    /// `FROM FILE.run` hands the bundle to `open_bundle`, which checks and unpacks it and
-    /// returns the directory it unpacked to.
+    /// `FROM FILE.run` hands the bundle to `open_base` as [`BaseSource::Bundle`], and `FROM
+    /// IMAGE` the reference as [`BaseSource::Image`]; `open_base` checks or pulls it, unpacks
+    /// it and returns the directory it unpacked to. Which a name is: see [`classify`].
     pub fn layers(
         &self,
         context: &Path,
-        open_bundle: &mut dyn FnMut(&Path) -> Result<PathBuf, String>,
+        open_base: &mut dyn FnMut(BaseSource<'_>) -> Result<PathBuf, String>,
     ) -> Result<Vec<Layer>, KubefileError> {
         let context = context.canonicalize().map_err(|e| KubefileError {
             line: 1,
@@ -98,17 +100,25 @@ impl Kubefile {
         let mut layers = Vec::new();
         if let Base::Named { name, line } = &self.from {
             let err = |message: String| KubefileError { line: *line, message };
-            let path = context.join(name);
-            if path.is_dir() && !name.contains(':') {
-                layers.push(Layer::root(&inside(&context, &path).map_err(err)?));
-            } else if name.ends_with(".run") && path.is_file() {
-                let bundle = inside(&context, &path).map_err(err)?;
-                layers.push(Layer::root(&open_bundle(&bundle).map_err(err)?));
-            } else {
-                return Err(err(format!(
-                    "'{name}' is not a directory of the build context, and pulling a cluster image from a \
-                     registry is not supported yet; use FROM scratch or FROM a directory"
-                )));
+            match classify(name, &context).map_err(err)? {
+                Named::Directory(path) => layers.push(Layer::root(&inside(&context, &path).map_err(err)?)),
+                Named::Bundle(path) => {
+                    let bundle = inside(&context, &path).map_err(err)?;
+                    layers.push(Layer::root(&open_base(BaseSource::Bundle(&bundle)).map_err(err)?));
+                }
+                Named::Image(reference) => {
+                    let dir = open_base(BaseSource::Image(&reference)).map_err(|message| {
+                        if name.contains([':', '@']) {
+                            err(message)
+                        } else {
+                            err(format!(
+                                "{message}; nor is '{name}' a directory of the build context '{}'",
+                                context.display()
+                            ))
+                        }
+                    })?;
+                    layers.push(Layer::root(&dir));
+                }
             }
         }
         for copy in &self.copies {
@@ -149,6 +159,68 @@ impl Kubefile {
         }
         Ok(layers)
     }
+}
+
+/// What `FROM NAME` starts from, as [`Kubefile::layers`] hands it to the build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseSource<'a> {
+    /// A `.run` bundle of the build context.
+    Bundle(&'a Path),
+    /// A cluster image in a registry.
+    Image(&'a Reference),
+}
+
+/// What a `FROM` name means, decided by [`classify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Named {
+    Directory(PathBuf),
+    Bundle(PathBuf),
+    Image(Reference),
+}
+
+/// Decides what `FROM NAME` names, by these rules, the first that applies:
+///
+/// 1. a name that starts with `./`, `../` or `/` is a path of the build context: a `.run`
+///    bundle or a directory, which must exist;
+/// 2. a name that ends with `.run` is a bundle of the build context, which must exist;
+/// 3. a name with a `:` or an `@` (a tag, a digest or a registry's port) is an image reference;
+/// 4. a name that is a directory of the build context is that directory;
+/// 5. anything else is an image reference (`labring/kubernetes` is
+///    `docker.io/labring/kubernetes:latest`).
+///
+/// So `FROM rootfs` is the directory when the context has one, and `FROM rootfs:latest` or
+/// `FROM docker.io/library/rootfs` the image whatever the context holds.
+fn classify(name: &str, context: &Path) -> Result<Named, String> {
+    let path = context.join(name);
+    if name.starts_with("./") || name.starts_with("../") || name.starts_with('/') || name == "." {
+        return if name.ends_with(".run") && path.is_file() {
+            Ok(Named::Bundle(path))
+        } else if path.is_dir() {
+            Ok(Named::Directory(path))
+        } else {
+            Err(format!(
+                "'{name}' is neither a directory nor a .run bundle of the build context '{}'",
+                context.display()
+            ))
+        };
+    }
+    if name.ends_with(".run") {
+        return if path.is_file() {
+            Ok(Named::Bundle(path))
+        } else {
+            Err(format!("the bundle '{name}' is not in the build context '{}'", context.display()))
+        };
+    }
+    if !name.contains([':', '@']) && path.is_dir() {
+        return Ok(Named::Directory(path));
+    }
+    Reference::parse(name).map(Named::Image).map_err(|e| {
+        if name.contains([':', '@']) {
+            e.to_string()
+        } else {
+            format!("'{name}' is not a directory of the build context '{}', and {e}", context.display())
+        }
+    })
 }
 
 /// `path`, resolved, if it lies inside the (canonical) `context`.
@@ -581,9 +653,24 @@ mod tests {
             err("FROM scratch\nCOPY etc ../up\n"),
             "Kubefile line 2: the destination '../up' climbs out of the rootfs"
         );
-        assert!(
-            err("FROM labring/kubernetes:v1.24.0\n")
-                .contains("pulling a cluster image from a registry is not supported yet")
+        assert_eq!(err("FROM labring/kubernetes:v1.24.0\n"), "Kubefile line 1: refused");
+        assert_eq!(
+            err("FROM nothing-here\n"),
+            format!(
+                "Kubefile line 1: refused; nor is 'nothing-here' a directory of the build context '{}'",
+                c.display()
+            )
+        );
+        assert_eq!(
+            err("FROM ./nothing-here\n"),
+            format!(
+                "Kubefile line 1: './nothing-here' is neither a directory nor a .run bundle of the build context '{}'",
+                c.display()
+            )
+        );
+        assert_eq!(
+            err("FROM Bad/Name:v1\n"),
+            "Kubefile line 1: invalid image reference 'Bad/Name:v1': the repository name 'Bad/Name' must be lowercase"
         );
         std::fs::write(c.join("base.run"), "x").unwrap();
         assert_eq!(err("FROM base.run\n"), "Kubefile line 1: refused");
@@ -592,6 +679,30 @@ mod tests {
             err("FROM scratch\nCOPY escape .\n"),
             format!("Kubefile line 2: '{}' leads outside the build context", c.join("escape").display())
         );
+    }
+
+    #[test]
+    fn a_from_name_is_a_path_a_bundle_or_an_image_by_fixed_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(c.join("rootfs")).unwrap();
+        std::fs::create_dir_all(c.join("labring/kubernetes")).unwrap();
+        std::fs::write(c.join("base.run"), "x").unwrap();
+        let image = |name: &str| Named::Image(Reference::parse(name).unwrap());
+        assert_eq!(classify("rootfs", &c).unwrap(), Named::Directory(c.join("rootfs")));
+        assert_eq!(classify("./rootfs", &c).unwrap(), Named::Directory(c.join("./rootfs")));
+        assert_eq!(
+            classify("labring/kubernetes", &c).unwrap(),
+            Named::Directory(c.join("labring/kubernetes"))
+        );
+        assert_eq!(classify("rootfs:latest", &c).unwrap(), image("rootfs:latest"));
+        assert_eq!(classify("labring/kubernetes:v1.28.4", &c).unwrap(), image("labring/kubernetes:v1.28.4"));
+        assert_eq!(classify("localhost:5000/x/y", &c).unwrap(), image("localhost:5000/x/y"));
+        assert_eq!(classify("other/image", &c).unwrap(), image("docker.io/other/image:latest"));
+        assert_eq!(classify("base.run", &c).unwrap(), Named::Bundle(c.join("base.run")));
+        assert!(classify("missing.run", &c).unwrap_err().starts_with("the bundle 'missing.run' is not in"));
+        let digest = format!("r.example.com/c@sha256:{}", "a".repeat(64));
+        assert_eq!(classify(&digest, &c).unwrap(), image(&digest));
     }
 
     #[test]

@@ -3,7 +3,11 @@
 //!
 //! The pipeline, in the order data flows:
 //!
-//! 0. [`pull`]: fetch the container images the cluster needs ([`reference`] parses their names)
+//! 0. [`base`]: a build `FROM` a cluster image pulls it for the architecture and flattens its
+//!    layers ([`flatten`]: whiteouts, nothing written outside the target) into a base directory.
+//!    [`archive`]: image archives in the rootfs's `images/` (`docker save`, OCI layouts) are
+//!    imported into the distribution layout the build adds at `registry/`.
+//!    [`pull`]: fetch the container images the cluster needs ([`reference`] parses their names)
 //!    from registries into the rootfs's `registry/`, in the docker distribution layout.
 //! 1. [`collect`]: walk the CloudRootfs, lay the target architecture's folder over the common
 //!    tree, normalise metadata, and read what the rootfs says of itself ([`collect::facts`]).
@@ -14,8 +18,11 @@
 //!
 //! Libraries never print: progress goes through [`kubeferry_installer::progress::Reporter`].
 
+pub mod archive;
+pub mod base;
 pub mod collect;
 pub mod error;
+pub mod flatten;
 pub mod images;
 pub mod kubefile;
 pub mod pack;

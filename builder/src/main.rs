@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use kubeferry_builder::pack::{self, Spec, sidecar};
 use kubeferry_builder::pull::{Counters, Platform, PullError, PullOptions, Puller, auth};
 use kubeferry_builder::reference::Reference;
-use kubeferry_builder::{Error, collect, images, kubefile, sign, stored, stub};
+use kubeferry_builder::{Error, archive, base, collect, images, kubefile, sign, stored, stub};
 use kubeferry_installer::arch::Arch;
 use kubeferry_installer::error::human_bytes;
 use kubeferry_installer::extract::ExtractOptions;
@@ -176,9 +176,11 @@ struct BuildArgs {
     /// The CloudRootfs directory (bin/, cri/, etc/, images/, registry/, scripts/, manifests/,
     /// and per-architecture folders such as amd64/ and arm64/); with --file, the build context
     /// the Kubefile's FROM and COPY read from.
-    rootfs: PathBuf,
-    /// Assemble the rootfs as this Kubefile says (FROM scratch or a directory, COPY, ENV,
-    /// ARG, LABEL, CMD, ENTRYPOINT); ARCH and TARGETARCH are set to each target architecture.
+    #[arg(required_unless_present = "from")]
+    rootfs: Option<PathBuf>,
+    /// Assemble the rootfs as this Kubefile says (FROM scratch, a directory, a bundle or an
+    /// image; COPY, ENV, ARG, LABEL, CMD, ENTRYPOINT); ARCH and TARGETARCH are set to each
+    /// target architecture.
     #[arg(long = "file", short = 'f', value_name = "KUBEFILE")]
     kubefile: Option<PathBuf>,
     /// A public key trusted to have signed a FROM bundle, besides the key of --key and the
@@ -232,6 +234,11 @@ struct BuildArgs {
     /// Parallel blob downloads.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Images")]
     pull_jobs: u16,
+    /// Build from cluster images in registries instead of a directory: each image's layers,
+    /// in order, the later images' over the earlier ones' (a rootfs image, then application
+    /// images, as sealos combines them).
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["rootfs", "kubefile"])]
+    from: Vec<String>,
 }
 
 const fn host_arch() -> &'static str {
@@ -253,7 +260,11 @@ fn main() -> ExitCode {
     let (context, result) = match cli.command {
         Command::Keygen { out } => ("could not create the key pair".to_string(), keygen(&out)),
         Command::Build(args) => {
-            (format!("could not build from '{}'", args.rootfs.display()), build(&args, &term))
+            let source = match &args.rootfs {
+                Some(rootfs) => rootfs.display().to_string(),
+                None => args.from.join("', '"),
+            };
+            (format!("could not build from '{source}'"), build(&args, &term))
         }
         Command::Sign { key, force, file } => {
             (format!("could not sign '{}'", file.display()), sign_file(&key, force, &file, &term))
@@ -343,27 +354,43 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
     if let Some(key) = &key {
         base_trust.keys.push(key.public_key());
     }
+    let pull_options = {
+        let mut options = args.registries.options(Vec::new(), args.pull_jobs)?;
+        options.cancel = Some(cancel.clone());
+        options
+    };
+    std::fs::create_dir_all(&args.out).map_err(Error::io("create", &args.out))?;
     let mut unpacked = Unpacked(Vec::new());
     // Every architecture's tree is assembled and its images collected before any bundle is
     // written, so that a missing image or a failed pull leaves no bundle behind.
     let mut prepared = Vec::new();
     let mut counters = Counters::default();
     for &arch in &arches {
-        let (mut layers, image) = match &kubefile_text {
-            Some(text) => {
+        let (mut layers, image) = match (&kubefile_text, &args.rootfs) {
+            (Some(text), Some(rootfs)) => {
                 let mut build_args = build_args.clone();
                 for name in ["ARCH", "TARGETARCH"] {
                     build_args.entry(name.to_string()).or_insert_with(|| arch.to_string());
                 }
                 let kubefile = kubefile::parse(text, &build_args)?;
                 let mut base = ImageConfig::default();
-                let mut open_bundle = |path: &Path| {
-                    let (dir, image) = unpack_base(path, arch, &base_trust, &args.out, term)?;
+                let mut open_base = |source: kubefile::BaseSource<'_>| {
+                    let (dir, image) = match source {
+                        kubefile::BaseSource::Bundle(path) => {
+                            unpack_base(path, arch, &base_trust, &args.out, term)?
+                        }
+                        kubefile::BaseSource::Image(reference) => {
+                            let dir = base_dir(&args.out, arch);
+                            unpacked.push(dir.clone());
+                            pull_base(reference, arch, &pull_options, &dir, term)
+                                .map_err(|e| error_chain(&e))?
+                        }
+                    };
                     unpacked.push(dir.clone());
                     base = image;
                     Ok(dir)
                 };
-                let layers = kubefile.layers(&args.rootfs, &mut open_bundle)?;
+                let layers = kubefile.layers(rootfs, &mut open_base)?;
                 // As an image's do, ENV and LABEL add to the base's; CMD and ENTRYPOINT replace it.
                 base.env.extend(kubefile.env.clone());
                 base.labels.extend(kubefile.labels.clone());
@@ -375,8 +402,20 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
                 };
                 (layers, image)
             }
-            None => (vec![collect::Layer::root(&args.rootfs)], ImageConfig::default()),
+            (None, Some(rootfs)) => (vec![collect::Layer::root(rootfs)], ImageConfig::default()),
+            (_, None) => {
+                let dir = base_dir(&args.out, arch);
+                unpacked.push(dir.clone());
+                let image = from_images(&args.from, arch, &pull_options, &dir, term)?;
+                (vec![collect::Layer::root(&dir)], image)
+            }
         };
+        // Image archives in images/ go into the bundle's registry/.
+        let registry = args.out.join(format!(".kubeferry-archives-{arch}"));
+        unpacked.push(registry.clone());
+        if import_archives(&layers, arch, &registry, term)? {
+            layers.push(collect::Layer { source: registry, at: "registry".into() });
+        }
         let images = bundle_images(args, arch, &mut layers, &mut unpacked, &mut counters, term)?;
         prepared.push((arch, layers, image, images));
     }
@@ -540,6 +579,91 @@ impl Drop for Unpacked {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Where the base of a build for `arch` is unpacked or flattened.
+fn base_dir(out: &Path, arch: Arch) -> PathBuf {
+    out.join(format!(".kubeferry-base-{arch}"))
+}
+
+/// Pulls a FROM image for `arch` and flattens it into `dir`, fresh. Returns what its config
+/// says of the image.
+fn pull_base(
+    reference: &kubeferry_builder::reference::Reference,
+    arch: Arch,
+    options: &kubeferry_builder::pull::PullOptions,
+    dir: &Path,
+    term: &Terminal,
+) -> Result<(PathBuf, ImageConfig), Error> {
+    let _ = std::fs::remove_dir_all(dir);
+    term.say(&format!("pulling the base image '{reference}' for {arch}"));
+    let scratch = dir.with_extension("pull");
+    let flattened = base::pull_and_flatten(reference, arch, options, dir, &scratch, term)
+        .map_err(|e| Error::Base { reference: reference.to_string(), arch, source: Box::new(e) })?;
+    term.say(&format!("flattened {} layers of '{reference}' ({})", flattened.layers, flattened.digest));
+    Ok((flattened.dir, flattened.image))
+}
+
+/// `build --from IMAGE...`: every image flattened, in order, into `dir`; ENV and LABELs
+/// merged (later images win), the CMDs and ENTRYPOINTs of all run in the images' order.
+fn from_images(
+    images: &[String],
+    arch: Arch,
+    options: &kubeferry_builder::pull::PullOptions,
+    dir: &Path,
+    term: &Terminal,
+) -> Result<ImageConfig, Error> {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut image = ImageConfig::default();
+    for name in images {
+        let reference = kubeferry_builder::reference::Reference::parse(name)
+            .map_err(kubeferry_builder::pull::PullError::from)?;
+        term.say(&format!("pulling '{reference}' for {arch}"));
+        let scratch = dir.with_extension("pull");
+        let flattened = base::pull_and_flatten(&reference, arch, options, dir, &scratch, term)
+            .map_err(|e| Error::Base { reference: reference.to_string(), arch, source: Box::new(e) })?;
+        let next = flattened.image;
+        image.env.extend(next.env);
+        image.labels.extend(next.labels);
+        for (all, more) in [(&mut image.cmd, next.cmd), (&mut image.entrypoint, next.entrypoint)] {
+            if let Some(more) = more {
+                all.get_or_insert_with(Vec::new).extend(more);
+            }
+        }
+    }
+    Ok(image)
+}
+
+/// Imports the image archives of the `images/` (and `ARCH/images/`) of every layer placed at
+/// the root into `registry`; true when any image was imported.
+fn import_archives(
+    layers: &[collect::Layer],
+    arch: Arch,
+    registry: &Path,
+    term: &Terminal,
+) -> Result<bool, Error> {
+    let _ = std::fs::remove_dir_all(registry);
+    let mut count = 0;
+    for layer in layers {
+        let dirs = match layer.at.as_str() {
+            "" => vec![layer.source.join("images"), layer.source.join(arch.name()).join("images")],
+            "images" => vec![layer.source.clone()],
+            _ => Vec::new(),
+        };
+        for images in dirs {
+            let imported = archive::import_archives(&images, registry, arch, term)?;
+            for image in &imported {
+                term.say(&format!(
+                    "imported {} ({}) from '{}'",
+                    image.reference,
+                    image.digest,
+                    image.archive.display()
+                ));
+            }
+            count += imported.len();
+        }
+    }
+    Ok(count > 0)
 }
 
 /// Checks a FROM bundle against the trusted keys and unpacks it beside the output, for the

@@ -34,6 +34,11 @@ impl Store {
         Store { v2: root.join(STORAGE_PREFIX) }
     }
 
+    /// The directory that holds `docker/registry/v2`.
+    pub fn root(&self) -> &Path {
+        self.v2.ancestors().nth(3).unwrap_or(&self.v2)
+    }
+
     /// The data file of a digest.
     pub fn blob_path(&self, digest: &str) -> PathBuf {
         let hex = hex(digest);
