@@ -11,8 +11,9 @@ use std::process::Command;
 
 use super::{InstallConfig, kubernetes_bin};
 use crate::error::{Error, Result};
-use crate::host::{Host, copy_file, write_file};
+use crate::host::{Host, Watch, copy_file, write_file};
 use crate::kubeadm::{self, JoinCommands, JoinParams, Values};
+use crate::progress::Reporter;
 use crate::registry;
 
 /// The configuration `kubeadm init` runs with.
@@ -50,6 +51,7 @@ pub fn run(
     config: &InstallConfig,
     bundled: &Bundled<'_>,
     retry: bool,
+    reporter: &dyn Reporter,
 ) -> Result<Option<JoinCommands>> {
     let kubeadm = host.path(&kubernetes_bin("kubeadm"));
     let rendered = configuration(rootfs, config, bundled.kubernetes_version)?;
@@ -60,13 +62,22 @@ pub fn run(
         host.run(Command::new(&kubeadm).args(["reset", "-f"]))?;
     }
     let skip = skipped_phases(rootfs);
-    let output = host.run(
+    let output = host.run_watched(
         Command::new(&kubeadm)
             .arg("init")
             .arg("--config")
             .arg(host.path(Path::new(CONFIG)))
             .arg(format!("--skip-phases={skip}"))
             .arg("--upload-certs"),
+        config.progress_every,
+        &mut |event| match event {
+            Watch::Line(line) => reporter.note(&format!("kubeadm init: {line}")),
+            Watch::Running(elapsed) => {
+                let line = format!("kubeadm init: {} s, waiting for the control plane", elapsed.as_secs());
+                host.log(&line);
+                reporter.note(&line);
+            }
+        },
     )?;
 
     let admin = host.path(Path::new(ADMIN_CONF));

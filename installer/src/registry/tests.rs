@@ -398,6 +398,7 @@ fn request_heads_are_parsed_strictly() {
         target: "/".into(),
         close: false,
         range: None,
+        authorization: None,
         body: RequestBody::None,
         expect_continue: false,
     };
@@ -421,7 +422,8 @@ fn request_heads_are_parsed_strictly() {
 
 fn start(f: &Fixture, threads: usize) -> Registry {
     let root = f.storage.v2.parent().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
-    Registry::start(RegistryConfig { root, listen: "127.0.0.1:0".parse().unwrap(), threads }).unwrap()
+    Registry::start(RegistryConfig { root, listen: "127.0.0.1:0".parse().unwrap(), threads, users: None })
+        .unwrap()
 }
 
 fn connect(registry: &Registry) -> TcpStream {
@@ -569,6 +571,7 @@ fn starts_serves_and_stops_on_a_real_socket() {
         root: root.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 2,
+        users: None,
     })
     .unwrap();
     let addr = registry.local_addr();
@@ -581,7 +584,8 @@ fn starts_serves_and_stops_on_a_real_socket() {
         Err(RegistryError::InvalidProbe { .. })
     ));
     // The same port again: refused while it serves, with the hint.
-    let busy = Registry::start(RegistryConfig { root: root.clone(), listen: addr, threads: 1 }).unwrap_err();
+    let busy = Registry::start(RegistryConfig { root: root.clone(), listen: addr, threads: 1, users: None })
+        .unwrap_err();
     assert!(
         matches!(&busy, RegistryError::Listen { source, .. } if source.kind() == io::ErrorKind::AddrInUse)
     );
