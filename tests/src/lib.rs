@@ -421,7 +421,8 @@ pub fn open_bundle(
 /// - `init --config FILE ...`: records the arguments and a copy of FILE; writes a fake
 ///   `etc/kubernetes/admin.conf`, `pki/ca.crt`, a static pod manifest, `var/lib/etcd/member/`
 ///   and `var/lib/kubelet/config.yaml`; prints kubeadm 1.20's closing text with its two join
-///   commands. Exits 1 when FILE contains `standin-fail`.
+///   commands. Exits 1 when FILE contains `standin-fail`; when it contains `standin-slow`, prints
+///   a line and waits 2.5 s before it goes on, as a control plane coming up does.
 /// - `reset -f`: records; deletes what `init` wrote, as kubeadm reset does (pki and etcd's data
 ///   too).
 /// - `version -o short`: `v1.20.2`.
@@ -440,6 +441,10 @@ case "$1" in
       prev="$arg"
     done
     cp "$config" "$logs/kubeadm-init.yaml"
+    if grep -q standin-slow "$config"; then
+      echo "[wait-control-plane] Waiting for the kubelet to boot up the control plane (stand-in: 2.5 s)"
+      sleep 2.5
+    fi
     if grep -q standin-fail "$config"; then
       echo "error execution phase wait-control-plane: couldn't initialize a Kubernetes cluster" >&2
       exit 1

@@ -608,3 +608,67 @@ fn the_images_docker_registry_serves_the_bundle_to_its_user_only() {
 fn kubeferrys_registry_serves_the_bundle_to_its_user_only() {
     registry_with_credentials(false);
 }
+
+/// A reporter that keeps every note with the time it came.
+#[derive(Debug, Default)]
+struct Notes(std::sync::Mutex<Vec<(std::time::Instant, String)>>);
+
+impl kubeferry_installer::progress::Reporter for Notes {
+    fn note(&self, line: &str) {
+        self.0.lock().unwrap().push((std::time::Instant::now(), line.to_string()));
+    }
+}
+
+/// kubeadm init's output reaches the user line by line as kubeadm prints it, and while it runs
+/// a line says how long it has been running; both go to the install log too.
+#[test]
+fn kubeadm_init_streams_its_output_and_says_it_is_still_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = kubernetes_rootfs(tmp.path());
+    let (bundle, verified) = open_bundle(tmp.path(), &rootfs);
+    let host = RootedHost::new(&tmp.path().join("host"));
+    host_skeleton(&host.root);
+    let user = tmp.path().join("cluster.yaml");
+    write(
+        &user,
+        "apiVersion: kubeadm.k8s.io/v1beta2\nkind: ClusterConfiguration\nclusterName: standin-slow\n",
+    );
+    let config = InstallConfig {
+        kubeadm_config: Some(user),
+        progress_every: std::time::Duration::from_secs(1),
+        fail_after: Some(StepId::KubeadmInit),
+        ..config()
+    };
+    let notes = Notes::default();
+    let err = install::run(&host, &bundle, &verified, &config, &notes).unwrap_err();
+    assert_eq!(err.to_string(), "could not go on after step 'kubeadm-init'", "{}", host.log_text());
+
+    let notes = notes.0.into_inner().unwrap();
+    let at = |text: &str| {
+        notes.iter().find(|(_, line)| line == text).map(|(at, _)| *at).unwrap_or_else(|| {
+            panic!(
+                "no note '{text}' in:\n{}",
+                notes.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
+            )
+        })
+    };
+    let waiting = at(
+        "kubeadm init: [wait-control-plane] Waiting for the kubelet to boot up the control plane (stand-in: 2.5 s)",
+    );
+    let first_beat = at("kubeadm init: 1 s, waiting for the control plane");
+    let second_beat = at("kubeadm init: 2 s, waiting for the control plane");
+    let done = at("kubeadm init: Your Kubernetes control-plane has initialized successfully!");
+    assert!(waiting < first_beat && first_beat < second_beat && second_beat < done, "in the order they came");
+    assert!(
+        done - waiting >= std::time::Duration::from_secs(2),
+        "the first line came as printed, not at the end"
+    );
+    let log = host.log_text();
+    for line in [
+        "  [wait-control-plane] Waiting for the kubelet to boot up the control plane (stand-in: 2.5 s)",
+        "kubeadm init: 2 s, waiting for the control plane",
+        "  Your Kubernetes control-plane has initialized successfully!",
+    ] {
+        assert!(log.contains(&format!("{line}\n")), "{line}:\n{log}");
+    }
+}
