@@ -62,22 +62,18 @@ pub fn run(
         host.run(Command::new(&kubeadm).args(["reset", "-f"]))?;
     }
     let skip = skipped_phases(rootfs);
-    let output = host.run_watched(
+    let output = run_reporting(
+        host,
         Command::new(&kubeadm)
             .arg("init")
             .arg("--config")
             .arg(host.path(Path::new(CONFIG)))
             .arg(format!("--skip-phases={skip}"))
             .arg("--upload-certs"),
+        "kubeadm init",
+        "waiting for the control plane",
         config.progress_every,
-        &mut |event| match event {
-            Watch::Line(line) => reporter.note(&format!("kubeadm init: {line}")),
-            Watch::Running(elapsed) => {
-                let line = format!("kubeadm init: {} s, waiting for the control plane", elapsed.as_secs());
-                host.log(&line);
-                reporter.note(&line);
-            }
-        },
+        reporter,
     )?;
 
     let admin = host.path(Path::new(ADMIN_CONF));
@@ -117,6 +113,27 @@ pub fn run(
     let bytes = serde_json::to_vec_pretty(&saved).map_err(|e| Error::io("write", JOIN_FILE)(e.into()))?;
     write_file(host, &super::state_dir(bundled.name).join(JOIN_FILE), &bytes, 0o600)?;
     Ok(Some(commands))
+}
+
+/// Runs a long kubeadm command through the host, telling `reporter` each line of its output as
+/// it comes, prefixed with `what`, and every `every` how long it has run and what it waits for
+/// (`kubeadm init: 90 s, waiting for the control plane`), which the install log gets too.
+pub fn run_reporting(
+    host: &dyn Host,
+    command: &mut Command,
+    what: &str,
+    waiting: &str,
+    every: std::time::Duration,
+    reporter: &dyn Reporter,
+) -> Result<String> {
+    host.run_watched(command, every, &mut |event| match event {
+        Watch::Line(line) => reporter.note(&format!("{what}: {line}")),
+        Watch::Running(elapsed) => {
+            let line = format!("{what}: {} s, {waiting}", elapsed.as_secs());
+            host.log(&line);
+            reporter.note(&line);
+        }
+    })
 }
 
 /// The join commands an earlier run kept, if any.

@@ -560,7 +560,7 @@ pub fn run(
             StepId::Applications => applications::run(host, &rootfs, &manifest.image, config)?,
             StepId::KubeadmJoin => {
                 let kubernetes_version = manifest.kubernetes_version.as_deref();
-                kubeadm_join::run(host, &rootfs, config, kubernetes_version, retry)?;
+                kubeadm_join::run(host, &rootfs, config, kubernetes_version, retry, reporter)?;
             }
         }
         host.update(|state| {
