@@ -448,7 +448,8 @@ fn sealer_lifecycle_scripts_replace_the_built_in_steps_and_clean_up_on_uninstall
 /// docker-registry in the image's `bin/` (with a sealer-style `etc/registry_config.yml` whose
 /// storage and address do not fit this host), else kubeferry's own registry serves. Either way
 /// a request without credentials is refused with 401, skopeo reads with them, the real
-/// containerd pulls with them, and `uninstall --purge` leaves the root as it was.
+/// containerd pulls with them, and `uninstall --purge` leaves the root as it was. kubeferry's
+/// own registry serves a registry data directory filled from the bundle.
 fn registry_with_credentials(shipped: bool) {
     use kubeferry_installer::registry::Credentials;
     use kubeferry_tests::images::{pushed, skopeo};
@@ -473,10 +474,13 @@ fn registry_with_credentials(shipped: bool) {
     host_skeleton(&host.root);
     let before = snapshot(&host.root);
     let credentials = Credentials::new("admin", "s3cret-pass").unwrap();
+    // kubeferry's own registry serves a registry data directory (registryData) of its own.
+    let data = (!shipped).then(|| PathBuf::from("/var/lib/kubeferry-registry"));
     let config = InstallConfig {
         // The name skopeo and containerd reach without /etc/hosts.
         registry_domain: "127.0.0.1".into(),
         registry_credentials: Some(credentials.clone()),
+        registry_data: data.clone(),
         fail_after: Some(StepId::Registry),
         ..config()
     };
@@ -513,7 +517,14 @@ fn registry_with_credentials(shipped: bool) {
             assert!(unit.contains(&format!("\n{line}\n")), "{line}:\n{unit}");
         }
     } else {
+        let data = root.join("var/lib/kubeferry-registry");
+        assert!(unit.contains(&format!(" --root {} ", data.display())), "{unit}");
         assert!(unit.contains(&format!(" --htpasswd {}\n", htpasswd.display())), "{unit}");
+        let manifest = p.made.app.manifest.digest.strip_prefix("sha256:").unwrap();
+        let blob = format!("docker/registry/v2/blobs/sha256/{}/{manifest}/data", &manifest[..2]);
+        assert_eq!(fs::read(data.join(&blob)).unwrap(), fs::read(p.storage.join(&blob)).unwrap());
+        let state = install::load_state(&host, "example").unwrap().unwrap();
+        assert!(state.files.contains(&PathBuf::from("/var/lib/kubeferry-registry")), "recorded");
     }
     let htpasswd_text = fs::read_to_string(&htpasswd).unwrap();
     assert!(htpasswd_text.starts_with("admin:$2y$05$"), "{htpasswd_text}");
