@@ -266,7 +266,7 @@ pub fn plan(host: &dyn Host, verified: &Verified, config: &InstallConfig) -> Res
                 StepId::Registry => format!(
                     "serve {} on {registry} ({} -> {}) as {REGISTRY_UNIT_NAME}{}",
                     match &config.registry_data {
-                        Some(data) => format!("{rootfs}/registry from {}", data.display()),
+                        Some(data) => format!("{} (filled from {rootfs}/registry)", data.display()),
                         None => format!("{rootfs}/registry"),
                     },
                     config.registry_domain,
