@@ -705,6 +705,23 @@ mod tests {
     }
 
     #[test]
+    fn the_registry_step_names_its_data_directory_and_its_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = crate::host::PathsOnly(dir.path().to_path_buf());
+        let config = InstallConfig {
+            registry_data: Some("/srv/registry".into()),
+            registry_credentials: Some(crate::registry::Credentials::new("admin", "x").unwrap()),
+            ..config()
+        };
+        let plan = plan(&host, &verified(), &config).unwrap();
+        assert_eq!(
+            plan.steps[2].summary,
+            "serve /srv/registry (filled from /var/lib/kubeferry/edge/rootfs/registry) on sea.hub:5000 \
+             (sea.hub -> 127.0.0.1) as kubeferry-registry.service, to the user 'admin' only"
+        );
+    }
+
+    #[test]
     fn the_plan_prints_every_step_and_what_is_done() {
         let text = plan_with(&[StepId::Extract]).to_string();
         assert!(text.starts_with(" 1. extract       [done] \n 2. runtime       [todo] \n"), "{text}");
