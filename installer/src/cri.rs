@@ -81,6 +81,8 @@ pub struct RuntimeSettings {
     pub systemd_cgroup: bool,
     /// The pause image, when the install sets it.
     pub sandbox_image: Option<String>,
+    /// The bundled registry's user and password, which the CRI plugin pulls with.
+    pub credentials: Option<crate::registry::Credentials>,
 }
 
 /// What the runtime step wrote, for uninstall.
@@ -104,7 +106,9 @@ pub fn install_containerd(host: &dyn Host, rootfs: &Path, settings: &RuntimeSett
         Some(path) => std::fs::read_to_string(path).map_err(Error::io("read", path))?,
         None => DEFAULT_CONFIG.to_string(),
     };
-    write_file(host, Path::new(CONFIG), render_config(&template, host, settings)?.as_bytes(), 0o644)?;
+    // With the registry's password in it, only root reads it.
+    let mode = if settings.credentials.is_some() { 0o600 } else { 0o644 };
+    write_file(host, Path::new(CONFIG), render_config(&template, host, settings)?.as_bytes(), mode)?;
     installed.files.push(CONFIG.into());
 
     // Always kubeferry's: it must name the registry as this install configures it, which an
@@ -197,6 +201,14 @@ pub fn render_config(template: &str, host: &dyn Host, settings: &RuntimeSettings
     table(&mut doc, &[&runc[..], &["options"]].concat())["SystemdCgroup"] = value(settings.systemd_cgroup);
     if let Some(image) = &settings.sandbox_image {
         table(&mut doc, &cri)["sandbox_image"] = value(image.as_str());
+    }
+    if let Some(credentials) = &settings.credentials {
+        // containerd 1.6 reads the credentials of a registry from the CRI plugin's
+        // `registry.configs`, also when `config_path` names the hosts directory.
+        let auth =
+            table(&mut doc, &[&cri[..], &["registry", "configs", &settings.registry, "auth"]].concat());
+        auth["username"] = value(credentials.username.as_str());
+        auth["password"] = value(credentials.password.as_str());
     }
     Ok(doc.to_string())
 }
@@ -328,7 +340,12 @@ mod tests {
     }
 
     fn settings() -> RuntimeSettings {
-        RuntimeSettings { registry: "sea.hub:5000".into(), systemd_cgroup: true, sandbox_image: None }
+        RuntimeSettings {
+            registry: "sea.hub:5000".into(),
+            systemd_cgroup: true,
+            sandbox_image: None,
+            credentials: None,
+        }
     }
 
     #[test]

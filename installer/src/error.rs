@@ -176,6 +176,12 @@ pub enum Error {
     /// The container runtime could not be set up.
     #[error("the container runtime cannot be installed: {0}")]
     Runtime(String),
+    /// The bundled registry could not be set up or did not answer.
+    #[error("the bundled registry cannot be served")]
+    Registry(#[source] crate::registry::RegistryError),
+    /// The registry settings (flags or the image's ENV) cannot be used.
+    #[error("the registry settings are not usable: {0}")]
+    RegistrySettings(String),
     /// The host lacks what the install needs.
     #[error("this host is not ready for the install:\n{}", render_findings(.findings))]
     Preflight {
@@ -222,7 +228,9 @@ impl Error {
             | Error::NoSpace { .. }
             | Error::InstallUnavailable { .. }
             | Error::Command { .. }
-            | Error::Runtime(_) => exit::FAILED,
+            | Error::Runtime(_)
+            | Error::Registry(_) => exit::FAILED,
+            Error::RegistrySettings(_) => exit::USAGE,
             Error::Key(KeyError::Io { .. }) => exit::FAILED,
             Error::WrongArch { .. } | Error::Preflight { .. } => exit::PREFLIGHT,
             Error::Interrupted => exit::INTERRUPTED,
@@ -265,6 +273,7 @@ impl Error {
                 ))
             }
             Error::Key(key) => key.hint(),
+            Error::Registry(e) => e.hint(),
             _ => None,
         }
     }

@@ -9,8 +9,10 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -23,6 +25,21 @@ pub trait Host: Send + Sync {
     /// Runs a command to completion; its command line and output go to the install log.
     /// A command that fails is an error that names it and the log.
     fn run(&self, command: &mut Command) -> Result<String>;
+
+    /// Runs a command as [`Host::run`] does, and while it runs tells `watch` each line of its
+    /// output as it comes and, every `every`, how long it has been running. This default runs
+    /// it to the end and then tells the lines; hosts that run real commands stream them.
+    fn run_watched(
+        &self,
+        command: &mut Command,
+        every: Duration,
+        watch: &mut dyn FnMut(Watch<'_>),
+    ) -> Result<String> {
+        let _ = every;
+        let output = self.run(command)?;
+        output.lines().for_each(|line| watch(Watch::Line(line)));
+        Ok(output)
+    }
 
     /// Reloads the unit files and enables and starts `unit`.
     fn start_service(&self, unit: &str) -> Result<()>;
@@ -61,6 +78,15 @@ pub trait Host: Send + Sync {
 
     /// Appends a line to the install log.
     fn log(&self, line: &str);
+}
+
+/// What [`Host::run_watched`] tells while a command runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch<'a> {
+    /// A line of its output (standard output or error), without its newline.
+    Line(&'a str),
+    /// It has been running this long, and goes on.
+    Running(Duration),
 }
 
 /// Writes `bytes` to the host's `target` through a temporary file and a rename, creating the
@@ -155,6 +181,15 @@ impl Host for SystemHost {
         run_logged(self, command, &self.log_path)
     }
 
+    fn run_watched(
+        &self,
+        command: &mut Command,
+        every: Duration,
+        watch: &mut dyn FnMut(Watch<'_>),
+    ) -> Result<String> {
+        run_logged_watched(self, command, &self.log_path, every, watch)
+    }
+
     fn start_service(&self, unit: &str) -> Result<()> {
         self.run(Command::new("systemctl").arg("daemon-reload"))?;
         self.run(Command::new("systemctl").args(["enable", "--now", unit])).map(|_| ())
@@ -199,29 +234,117 @@ impl Host for SystemHost {
 /// Runs a command, logging its command line and output to `host`'s log; a failure names the
 /// command, its exit status, the tail of its output and `log_path`.
 pub fn run_logged(host: &dyn Host, command: &mut Command, log_path: &Path) -> Result<String> {
-    // The program and its arguments; the log has the working directory and environment too.
-    let shown = std::iter::once(command.get_program())
-        .chain(command.get_args())
-        .map(|part| format!("{part:?}"))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let shown = shown_command(command);
     host.log(&format!("$ {command:?}"));
-    let output = command.output().map_err(|e| Error::Command {
-        command: shown.clone(),
-        status: "could not start".into(),
-        output: e.to_string(),
-        log: log_path.to_path_buf(),
-    })?;
+    let output = command.output().map_err(could_not_start(&shown, log_path))?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     for line in stdout.lines().chain(stderr.lines()) {
         host.log(&format!("  {line}"));
     }
-    if !output.status.success() {
+    finish(output.status, shown, stdout, &stderr, log_path)
+}
+
+/// [`run_logged`] that logs each line of the command's output as it comes and tells `watch` of
+/// it, and tells `watch` every `every` how long the command has been running.
+pub fn run_logged_watched(
+    host: &dyn Host,
+    command: &mut Command,
+    log_path: &Path,
+    every: Duration,
+    watch: &mut dyn FnMut(Watch<'_>),
+) -> Result<String> {
+    let shown = shown_command(command);
+    host.log(&format!("$ {command:?}"));
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(could_not_start(&shown, log_path))?;
+    let (sender, lines) = mpsc::channel::<(bool, String)>();
+    let mut readers = Vec::new();
+    let pipes: [(bool, Option<Box<dyn std::io::Read + Send>>); 2] = [
+        (false, child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)),
+        (true, child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)),
+    ];
+    for (is_stderr, pipe) in pipes {
+        let Some(pipe) = pipe else { continue };
+        let sender = sender.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(pipe);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match std::io::BufRead::read_until(&mut reader, b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string();
+                        if sender.send((is_stderr, text)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    drop(sender);
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    let started = Instant::now();
+    let mut next = started + every;
+    loop {
+        match lines.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Ok((is_stderr, line)) => {
+                host.log(&format!("  {line}"));
+                let out = if is_stderr { &mut stderr } else { &mut stdout };
+                out.push_str(&line);
+                out.push('\n');
+                watch(Watch::Line(&line));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                watch(Watch::Running(started.elapsed()));
+                next += every;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for reader in readers {
+        // A reader thread that panicked has ended all the same.
+        let _ = reader.join();
+    }
+    let status = child.wait().map_err(could_not_start(&shown, log_path))?;
+    finish(status, shown, stdout, &stderr, log_path)
+}
+
+/// The program and its arguments, for errors; the log has the working directory and
+/// environment too.
+fn shown_command(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| format!("{part:?}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn could_not_start(shown: &str, log_path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let (command, log) = (shown.to_string(), log_path.to_path_buf());
+    move |e| Error::Command { command, status: "could not start".into(), output: e.to_string(), log }
+}
+
+/// The command's standard output when it succeeded, else the error naming it and the tail of
+/// its output.
+fn finish(
+    status: std::process::ExitStatus,
+    shown: String,
+    stdout: String,
+    stderr: &str,
+    log_path: &Path,
+) -> Result<String> {
+    if !status.success() {
         let tail: Vec<&str> = stderr.lines().chain(stdout.lines()).rev().take(5).collect();
         return Err(Error::Command {
             command: shown,
-            status: output.status.to_string(),
+            status: status.to_string(),
             output: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
             log: log_path.to_path_buf(),
         });

@@ -8,6 +8,9 @@ pub trait Reporter: Send + Sync {
     fn advance(&self, _bytes: u64) {}
     /// The current step is finished.
     fn end(&self) {}
+    /// A line about work under way that prints no progress of its own: a command's output as it
+    /// comes, or how long it has been running.
+    fn note(&self, _line: &str) {}
     /// Something the user should know that does not stop the work.
     fn warn(&self, _message: &str) {}
 }

@@ -18,7 +18,7 @@ use kubeferry_installer::install::{self, InstallConfig, JoinRequest, Outcome, St
 use kubeferry_installer::preflight::{self, Facts};
 use kubeferry_installer::progress::Reporter;
 use kubeferry_installer::reader::{Authenticity, Bundle, Verified};
-use kubeferry_installer::registry::{Registry, RegistryConfig, RegistryError};
+use kubeferry_installer::registry::{Registry, RegistryConfig, RegistryError, Users};
 use kubeferry_installer::trust::{TRUSTED_KEYS_DIR, Trust};
 use kubeferry_term::{Terminal, print_error, render_summary, write_entries};
 
@@ -135,12 +135,24 @@ struct NodeArgs {
     /// The address the API server advertises (needed on a host with no default route).
     #[arg(long, value_name = "ADDR")]
     advertise_address: Option<std::net::IpAddr>,
-    /// The bundled registry's domain (sealos: registryDomain).
-    #[arg(long, default_value = "sea.hub")]
-    registry_domain: String,
-    /// The bundled registry's port (sealos: registryPort).
-    #[arg(long, default_value_t = 5000)]
-    registry_port: u16,
+    /// The bundled registry's domain [default: the image's ENV registryDomain, else sea.hub].
+    #[arg(long, value_name = "NAME")]
+    registry_domain: Option<String>,
+    /// The bundled registry's port [default: the image's ENV registryPort, else 5000].
+    #[arg(long, value_name = "PORT")]
+    registry_port: Option<u16>,
+    /// The user the bundled registry serves, with --registry-password [default: the image's ENV
+    /// registryUsername; none: no authentication].
+    #[arg(long, value_name = "USER")]
+    registry_username: Option<String>,
+    /// The password of --registry-username [default: $KUBEFERRY_REGISTRY_PASSWORD, which other
+    /// users cannot see in the process list, else the image's ENV registryPassword].
+    #[arg(long, value_name = "PASSWORD")]
+    registry_password: Option<String>,
+    /// Where the registry keeps its data, filled from the bundle's registry/ [default: the image's
+    /// ENV registryData, else the rootfs's registry/].
+    #[arg(long, value_name = "DIR")]
+    registry_data: Option<PathBuf>,
     /// kubeadm configuration documents merged over the image's, by kind, field by field.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -161,6 +173,9 @@ struct ServeRegistryArgs {
     /// Threads serving requests.
     #[arg(long, default_value_t = kubeferry_installer::registry::DEFAULT_THREADS)]
     threads: usize,
+    /// Serve only the users of this htpasswd file (bcrypt hashes, as 'htpasswd -B' writes).
+    #[arg(long, value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
 }
 
 /// Which key the bundle must be signed by.
@@ -363,8 +378,13 @@ fn serve_registry(args: &ServeRegistryArgs, term: &Terminal) -> Result<(), Regis
         root: args.root.clone(),
         listen: args.listen,
         threads: args.threads,
+        users: args.htpasswd.as_deref().map(Users::read).transpose()?,
     })?;
-    term.say(&format!("serving '{}' read-only on {}", args.root.display(), registry.local_addr()));
+    let users = match &args.htpasswd {
+        Some(file) => format!(" to the users of '{}'", file.display()),
+        None => String::new(),
+    };
+    term.say(&format!("serving '{}' read-only on {}{users}", args.root.display(), registry.local_addr()));
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -386,6 +406,9 @@ struct JoinArgs {
     request: JoinRequest,
     registry_address: Option<std::net::IpAddr>,
 }
+
+/// The registry password, kept out of the process list.
+const REGISTRY_PASSWORD_ENV: &str = "KUBEFERRY_REGISTRY_PASSWORD";
 
 /// A test hook: stop with an error right after this step (e.g. `runtime`), to test resuming.
 const FAIL_AFTER_ENV: &str = "KUBEFERRY_FAIL_AFTER";
@@ -415,11 +438,14 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
             None => server_host(&join.request.params.server),
         },
     };
-    let config = InstallConfig {
+    let mut config = InstallConfig {
         rootfs_dir: target.clone(),
-        registry_domain: node.registry_domain.clone(),
-        registry_port: node.registry_port,
+        registry_domain: kubeferry_installer::kubeadm::DEFAULT_REGISTRY_DOMAIN.into(),
+        registry_port: kubeferry_installer::kubeadm::DEFAULT_REGISTRY_PORT,
         registry_address,
+        registry_credentials: None,
+        registry_data: None,
+        progress_every: install::PROGRESS_EVERY,
         systemd_cgroup: true,
         fail_after: std::env::var(FAIL_AFTER_ENV).ok().and_then(|name| StepId::from_name(&name)),
         advertise_address: node.advertise_address.map(|a| a.to_string()),
@@ -428,6 +454,14 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
         bundle_file: args.shown.to_string(),
         join: args.join.as_ref().map(|j| j.request.clone()),
     };
+    let flags = install::registry::RegistryFlags {
+        domain: node.registry_domain.clone(),
+        port: node.registry_port,
+        username: node.registry_username.clone(),
+        password: node.registry_password.clone().or_else(|| std::env::var(REGISTRY_PASSWORD_ENV).ok()),
+        data: node.registry_data.clone(),
+    };
+    install::registry::apply_settings(&mut config, &flags, &m.image.env)?;
     let plan = install::plan(&SystemHost::read_only(), &verified, &config)?;
     if node.dry_run {
         print!("{plan}");

@@ -233,7 +233,8 @@ pub fn example_rootfs() -> &'static Path {
 /// run as they are. It stands in for systemd and for the kernel, and only for them: starting a
 /// unit runs the unit file's `ExecStart` (as the install wrote it) in a private mount
 /// namespace, with its output in `ROOT/var/log/UNIT.log`, and stopping it kills that process;
-/// enabling a unit is recorded in [`RootedHost::enabled`]; loading a module or applying sysctls
+/// its `Environment=` lines are its environment; enabling a unit is recorded in
+/// [`RootedHost::enabled`]; loading a module or applying sysctls
 /// is recorded in [`RootedHost::kernel`] and not done, since it would change the machine that
 /// runs the tests.
 #[derive(Debug)]
@@ -289,6 +290,15 @@ impl kubeferry_installer::host::Host for RootedHost {
         kubeferry_installer::host::run_logged(self, command, &self.log_path)
     }
 
+    fn run_watched(
+        &self,
+        command: &mut Command,
+        every: std::time::Duration,
+        watch: &mut dyn FnMut(kubeferry_installer::host::Watch<'_>),
+    ) -> kubeferry_installer::Result<String> {
+        kubeferry_installer::host::run_logged_watched(self, command, &self.log_path, every, watch)
+    }
+
     fn start_service(&self, unit: &str) -> kubeferry_installer::Result<()> {
         let file = self.path(&Path::new("/etc/systemd/system").join(unit));
         let text = fs::read_to_string(&file).unwrap_or_else(|e| panic!("no unit '{}': {e}", file.display()));
@@ -297,10 +307,18 @@ impl kubeferry_installer::host::Host for RootedHost {
             .find_map(|l| l.trim().strip_prefix("ExecStart="))
             .unwrap_or_else(|| panic!("no ExecStart in '{}'", file.display()));
         let argv: Vec<&str> = exec.split_whitespace().collect();
+        // `Environment=NAME=VALUE` lines, as systemd passes them (one assignment a line).
+        let env: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Environment="))
+            .map(|assignment| assignment.trim_matches('"'))
+            .filter_map(|assignment| assignment.split_once('='))
+            .collect();
         let out = fs::File::create(Self::logs_of(&self.root).join(format!("{unit}.log"))).unwrap();
         let child = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "--"])
             .args(&argv)
+            .envs(env)
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
@@ -413,7 +431,8 @@ pub fn open_bundle(
 /// - `init --config FILE ...`: records the arguments and a copy of FILE; writes a fake
 ///   `etc/kubernetes/admin.conf`, `pki/ca.crt`, a static pod manifest, `var/lib/etcd/member/`
 ///   and `var/lib/kubelet/config.yaml`; prints kubeadm 1.20's closing text with its two join
-///   commands. Exits 1 when FILE contains `standin-fail`.
+///   commands. Exits 1 when FILE contains `standin-fail`; when it contains `standin-slow`, prints
+///   a line and waits 2.5 s before it goes on, as a control plane coming up does.
 /// - `reset -f`: records; deletes what `init` wrote, as kubeadm reset does (pki and etcd's data
 ///   too).
 /// - `version -o short`: `v1.20.2`.
@@ -432,6 +451,10 @@ case "$1" in
       prev="$arg"
     done
     cp "$config" "$logs/kubeadm-init.yaml"
+    if grep -q standin-slow "$config"; then
+      echo "[wait-control-plane] Waiting for the kubelet to boot up the control plane (stand-in: 2.5 s)"
+      sleep 2.5
+    fi
     if grep -q standin-fail "$config"; then
       echo "error execution phase wait-control-plane: couldn't initialize a Kubernetes cluster" >&2
       exit 1

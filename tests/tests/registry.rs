@@ -23,6 +23,7 @@ fn serve(storage: &Path) -> Registry {
         root: storage.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 4,
+        users: None,
     })
     .unwrap();
     registry::wait_ready(
@@ -326,9 +327,13 @@ fn missing_tags_traversal_and_pushes_are_refused() {
 fn a_second_registry_on_the_same_port_is_refused_with_a_hint() {
     let p = pushed();
     let served = serve(&p.storage);
-    let err =
-        Registry::start(RegistryConfig { root: p.storage.clone(), listen: served.local_addr(), threads: 1 })
-            .unwrap_err();
+    let err = Registry::start(RegistryConfig {
+        root: p.storage.clone(),
+        listen: served.local_addr(),
+        threads: 1,
+        users: None,
+    })
+    .unwrap_err();
     assert!(matches!(err, RegistryError::Listen { .. }), "{err:?}");
     assert_eq!(err.to_string(), format!("could not listen on '{}'", served.local_addr()));
     assert!(err.hint().unwrap().contains("--registry-port"), "{:?}", err.hint());
@@ -337,6 +342,7 @@ fn a_second_registry_on_the_same_port_is_refused_with_a_hint() {
         root: p.dir.join("layout"),
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 1,
+        users: None,
     })
     .unwrap_err();
     assert!(matches!(err, RegistryError::NotAStorage { .. }), "{err:?}");
@@ -395,6 +401,7 @@ fn serve_big(storage: &Path) -> Registry {
         root: storage.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 4,
+        users: None,
     })
     .unwrap()
 }

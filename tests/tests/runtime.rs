@@ -48,6 +48,7 @@ fn containerd_from_the_bundle_starts_with_the_rendered_configuration_and_answers
         registry: "sea.hub:5000".into(),
         systemd_cgroup: true,
         sandbox_image: Some("sea.hub:5000/pause:3.2".into()),
+        credentials: None,
     };
     let installed = cri::install_containerd(&host, &rootfs, &settings).unwrap_or_else(|e| {
         panic!("{e:?}\nlog:\n{}\ncontainerd:\n{}", host.log_text(), host.service_log("containerd.service"))
@@ -95,8 +96,12 @@ fn containerd_from_the_bundle_starts_with_the_rendered_configuration_and_answers
 fn a_rootfs_without_a_runtime_tarball_is_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let host = RootedHost::new(&tmp.path().join("host"));
-    let settings =
-        RuntimeSettings { registry: "sea.hub:5000".into(), systemd_cgroup: true, sandbox_image: None };
+    let settings = RuntimeSettings {
+        registry: "sea.hub:5000".into(),
+        systemd_cgroup: true,
+        sandbox_image: None,
+        credentials: None,
+    };
     let err = cri::install_containerd(&host, tmp.path(), &settings).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -118,6 +123,7 @@ fn containerd_pulls_an_image_through_the_bundled_registry() {
         root: p.storage.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 4,
+        users: None,
     })
     .unwrap();
     let registry = served.local_addr().to_string();
@@ -125,7 +131,12 @@ fn containerd_pulls_an_image_through_the_bundled_registry() {
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = extracted_example(tmp.path());
     let host = RootedHost::new(&tmp.path().join("host"));
-    let settings = RuntimeSettings { registry: registry.clone(), systemd_cgroup: false, sandbox_image: None };
+    let settings = RuntimeSettings {
+        registry: registry.clone(),
+        systemd_cgroup: false,
+        sandbox_image: None,
+        credentials: None,
+    };
     cri::install_containerd(&host, &rootfs, &settings)
         .unwrap_or_else(|e| panic!("{e:?}\ncontainerd:\n{}", host.service_log("containerd.service")));
 

@@ -443,3 +443,243 @@ fn sealer_lifecycle_scripts_replace_the_built_in_steps_and_clean_up_on_uninstall
     let after = snapshot(&host.root);
     assert!(before == after, "left behind:\n{}", diff(&before, &after));
 }
+
+/// The registry step with credentials, against the real tools: `shipped` puts Debian's
+/// docker-registry in the image's `bin/` (with a sealer-style `etc/registry_config.yml` whose
+/// storage and address do not fit this host), else kubeferry's own registry serves. Either way
+/// a request without credentials is refused with 401, skopeo reads with them, the real
+/// containerd pulls with them, and `uninstall --purge` leaves the root as it was. kubeferry's
+/// own registry serves a registry data directory filled from the bundle.
+fn registry_with_credentials(shipped: bool) {
+    use kubeferry_installer::registry::Credentials;
+    use kubeferry_tests::images::{pushed, skopeo};
+
+    let p = pushed();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = kubernetes_rootfs(tmp.path());
+    fs::remove_dir_all(rootfs.join("registry")).unwrap();
+    ok(std::process::Command::new("cp").arg("-a").arg(&p.storage).arg(rootfs.join("registry")));
+    if shipped {
+        let program = rootfs.join("bin/docker-registry");
+        fs::copy(kubeferry_tests::images::DOCKER_REGISTRY, &program).unwrap();
+        write(
+            &rootfs.join("etc/registry_config.yml"),
+            "version: 0.1\nlog:\n  fields:\n    service: registry\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  \
+             filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n  headers:\n    \
+             X-Content-Type-Options: [nosniff]\n",
+        );
+    }
+    let (bundle, verified) = open_bundle(tmp.path(), &rootfs);
+    let host = RootedHost::new(&tmp.path().join("host"));
+    host_skeleton(&host.root);
+    let before = snapshot(&host.root);
+    let credentials = Credentials::new("admin", "s3cret-pass").unwrap();
+    // kubeferry's own registry serves a registry data directory (registryData) of its own.
+    let data = (!shipped).then(|| PathBuf::from("/var/lib/kubeferry-registry"));
+    let config = InstallConfig {
+        // The name skopeo and containerd reach without /etc/hosts.
+        registry_domain: "127.0.0.1".into(),
+        registry_credentials: Some(credentials.clone()),
+        registry_data: data.clone(),
+        fail_after: Some(StepId::Registry),
+        ..config()
+    };
+    let err = install::run(&host, &bundle, &verified, &config, &Silent).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "could not go on after step 'registry'",
+        "{}\nregistry:\n{}",
+        host.log_text(),
+        host.service_log("kubeferry-registry.service")
+    );
+    let root = &host.root;
+    let rootfs_dir = root.join("var/lib/kubeferry/example/rootfs");
+    let unit = fs::read_to_string(root.join("etc/systemd/system/kubeferry-registry.service")).unwrap();
+    let htpasswd = root.join("etc/kubeferry/registry/htpasswd");
+    if shipped {
+        assert!(
+            unit.contains(&format!(
+                "\nExecStart={} serve {}\n",
+                root.join("usr/bin/docker-registry").display(),
+                rootfs_dir.join("etc/registry_config.yml").display()
+            )),
+            "{unit}"
+        );
+        for line in [
+            format!(
+                "Environment=REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY={}",
+                rootfs_dir.join("registry").display()
+            ),
+            format!("Environment=REGISTRY_HTTP_ADDR=0.0.0.0:{}", config.registry_port),
+            "Environment=REGISTRY_AUTH=htpasswd".into(),
+            format!("Environment=REGISTRY_AUTH_HTPASSWD_PATH={}", htpasswd.display()),
+        ] {
+            assert!(unit.contains(&format!("\n{line}\n")), "{line}:\n{unit}");
+        }
+    } else {
+        let data = root.join("var/lib/kubeferry-registry");
+        assert!(unit.contains(&format!(" --root {} ", data.display())), "{unit}");
+        assert!(unit.contains(&format!(" --htpasswd {}\n", htpasswd.display())), "{unit}");
+        let manifest = p.made.app.manifest.digest.strip_prefix("sha256:").unwrap();
+        let blob = format!("docker/registry/v2/blobs/sha256/{}/{manifest}/data", &manifest[..2]);
+        assert_eq!(fs::read(data.join(&blob)).unwrap(), fs::read(p.storage.join(&blob)).unwrap());
+        let state = install::load_state(&host, "example").unwrap().unwrap();
+        assert!(state.files.contains(&PathBuf::from("/var/lib/kubeferry-registry")), "recorded");
+    }
+    let htpasswd_text = fs::read_to_string(&htpasswd).unwrap();
+    assert!(htpasswd_text.starts_with("admin:$2y$05$"), "{htpasswd_text}");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&htpasswd).unwrap().permissions()) & 0o777,
+        0o600
+    );
+
+    // No credentials: 401 with the challenge; the wrong ones: refused too.
+    let registry = format!("127.0.0.1:{}", config.registry_port);
+    let (code, head) = raw_get(&registry, "/v2/library/app/manifests/v1", None);
+    assert_eq!(code, 401, "{head}");
+    assert!(head.contains("Basic realm=\"kubeferry-registry\""), "{head}");
+    let wrong = Credentials::new("admin", "wrong").unwrap();
+    assert_eq!(raw_get(&registry, "/v2/", Some(&wrong.authorization())).0, 401);
+    assert_eq!(raw_get(&registry, "/v2/", Some(&credentials.authorization())).0, 200);
+
+    let inspect = |creds: Option<&str>| {
+        let mut cmd = skopeo(tmp.path());
+        cmd.args(["inspect", "--tls-verify=false"]);
+        if let Some(creds) = creds {
+            cmd.arg("--creds").arg(creds);
+        }
+        run(cmd.arg(format!("docker://{registry}/library/app:v1")))
+    };
+    let (code, _, stderr) = inspect(None);
+    assert_ne!(code, 0, "skopeo read without credentials");
+    assert!(stderr.contains("unauthorized") || stderr.contains("401"), "{stderr}");
+    let (code, stdout, stderr) = inspect(Some("admin:s3cret-pass"));
+    assert_eq!(code, 0, "{stderr}");
+    let inspected: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(inspected["Digest"], p.made.app.manifest.digest.as_str());
+
+    // containerd's configuration holds the credentials for the CRI plugin (0600), and the real
+    // containerd pulls with them through the hosts directory the install wrote.
+    let containerd_config = root.join("etc/containerd/config.toml");
+    let text = fs::read_to_string(&containerd_config).unwrap();
+    assert!(
+        text.contains(&format!(
+            "[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"{registry}\".auth]\nusername = \"admin\"\npassword = \"s3cret-pass\"\n"
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&containerd_config).unwrap().permissions())
+            & 0o777,
+        0o600
+    );
+    let pull = |user: Option<&str>| {
+        let mut cmd = std::process::Command::new(root.join("usr/local/bin/ctr"));
+        cmd.arg("--address").arg(root.join("run/containerd/containerd.sock"));
+        cmd.args(["images", "pull", "--hosts-dir"]).arg(root.join("etc/containerd/certs.d"));
+        if let Some(user) = user {
+            cmd.arg("--user").arg(user);
+        }
+        run(cmd.arg(format!("{registry}/library/app:v1")))
+    };
+    let (code, _, stderr) = pull(None);
+    assert_ne!(code, 0, "containerd pulled without credentials");
+    assert!(stderr.contains("401") || stderr.contains("unauthorized"), "{stderr}");
+    let (code, _, stderr) = pull(Some("admin:s3cret-pass"));
+    assert_eq!(code, 0, "{stderr}");
+
+    let report = uninstall::run(&host, "example", &UninstallOptions { purge: true, fail_after: None })
+        .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
+    assert!(report.installed);
+    let left = diff(&before, &snapshot(&host.root));
+    assert!(left.is_empty(), "after uninstall --purge the root differs from before:\n{left}");
+}
+
+/// One GET with an optional `Authorization` header: (status, response head).
+fn raw_get(addr: &str, target: &str, authorization: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    write!(stream, "GET {target} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_string();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head)
+}
+
+#[test]
+fn the_images_docker_registry_serves_the_bundle_to_its_user_only() {
+    registry_with_credentials(true);
+}
+
+#[test]
+fn kubeferrys_registry_serves_the_bundle_to_its_user_only() {
+    registry_with_credentials(false);
+}
+
+/// A reporter that keeps every note with the time it came.
+#[derive(Debug, Default)]
+struct Notes(std::sync::Mutex<Vec<(std::time::Instant, String)>>);
+
+impl kubeferry_installer::progress::Reporter for Notes {
+    fn note(&self, line: &str) {
+        self.0.lock().unwrap().push((std::time::Instant::now(), line.to_string()));
+    }
+}
+
+/// kubeadm init's output reaches the user line by line as kubeadm prints it, and while it runs
+/// a line says how long it has been running; both go to the install log too.
+#[test]
+fn kubeadm_init_streams_its_output_and_says_it_is_still_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = kubernetes_rootfs(tmp.path());
+    let (bundle, verified) = open_bundle(tmp.path(), &rootfs);
+    let host = RootedHost::new(&tmp.path().join("host"));
+    host_skeleton(&host.root);
+    let user = tmp.path().join("cluster.yaml");
+    write(
+        &user,
+        "apiVersion: kubeadm.k8s.io/v1beta2\nkind: ClusterConfiguration\nclusterName: standin-slow\n",
+    );
+    let config = InstallConfig {
+        kubeadm_config: Some(user),
+        progress_every: std::time::Duration::from_secs(1),
+        fail_after: Some(StepId::KubeadmInit),
+        ..config()
+    };
+    let notes = Notes::default();
+    let err = install::run(&host, &bundle, &verified, &config, &notes).unwrap_err();
+    assert_eq!(err.to_string(), "could not go on after step 'kubeadm-init'", "{}", host.log_text());
+
+    let notes = notes.0.into_inner().unwrap();
+    let at = |text: &str| {
+        notes.iter().find(|(_, line)| line == text).map(|(at, _)| *at).unwrap_or_else(|| {
+            panic!(
+                "no note '{text}' in:\n{}",
+                notes.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
+            )
+        })
+    };
+    let waiting = at(
+        "kubeadm init: [wait-control-plane] Waiting for the kubelet to boot up the control plane (stand-in: 2.5 s)",
+    );
+    let first_beat = at("kubeadm init: 1 s, waiting for the control plane");
+    let second_beat = at("kubeadm init: 2 s, waiting for the control plane");
+    let done = at("kubeadm init: Your Kubernetes control-plane has initialized successfully!");
+    assert!(waiting < first_beat && first_beat < second_beat && second_beat < done, "in the order they came");
+    assert!(
+        done - waiting >= std::time::Duration::from_secs(2),
+        "the first line came as printed, not at the end"
+    );
+    let log = host.log_text();
+    for line in [
+        "  [wait-control-plane] Waiting for the kubelet to boot up the control plane (stand-in: 2.5 s)",
+        "kubeadm init: 2 s, waiting for the control plane",
+        "  Your Kubernetes control-plane has initialized successfully!",
+    ] {
+        assert!(log.contains(&format!("{line}\n")), "{line}:\n{log}");
+    }
+}

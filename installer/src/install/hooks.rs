@@ -98,7 +98,12 @@ pub fn environment(image: &ImageConfig, config: &InstallConfig, rootfs: &Path) -
     let mut env = image.env.clone();
     env.insert("registryDomain".into(), config.registry_domain.clone());
     env.insert("registryPort".into(), config.registry_port.to_string());
-    env.insert("registryData".into(), rootfs.join("registry").display().to_string());
+    let data = config.registry_data.clone().unwrap_or_else(|| rootfs.join("registry"));
+    env.insert("registryData".into(), data.display().to_string());
+    if let Some(credentials) = &config.registry_credentials {
+        env.insert("registryUsername".into(), credentials.username.clone());
+        env.insert("registryPassword".into(), credentials.password.clone());
+    }
     env.entry("registryConfig".into()).or_insert_with(|| rootfs.join("etc").display().to_string());
     env
 }

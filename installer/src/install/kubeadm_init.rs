@@ -11,8 +11,9 @@ use std::process::Command;
 
 use super::{InstallConfig, kubernetes_bin};
 use crate::error::{Error, Result};
-use crate::host::{Host, copy_file, write_file};
+use crate::host::{Host, Watch, copy_file, write_file};
 use crate::kubeadm::{self, JoinCommands, JoinParams, Values};
+use crate::progress::Reporter;
 use crate::registry;
 
 /// The configuration `kubeadm init` runs with.
@@ -50,6 +51,7 @@ pub fn run(
     config: &InstallConfig,
     bundled: &Bundled<'_>,
     retry: bool,
+    reporter: &dyn Reporter,
 ) -> Result<Option<JoinCommands>> {
     let kubeadm = host.path(&kubernetes_bin("kubeadm"));
     let rendered = configuration(rootfs, config, bundled.kubernetes_version)?;
@@ -60,13 +62,18 @@ pub fn run(
         host.run(Command::new(&kubeadm).args(["reset", "-f"]))?;
     }
     let skip = skipped_phases(rootfs);
-    let output = host.run(
+    let output = run_reporting(
+        host,
         Command::new(&kubeadm)
             .arg("init")
             .arg("--config")
             .arg(host.path(Path::new(CONFIG)))
             .arg(format!("--skip-phases={skip}"))
             .arg("--upload-certs"),
+        "kubeadm init",
+        "waiting for the control plane",
+        config.progress_every,
+        reporter,
     )?;
 
     let admin = host.path(Path::new(ADMIN_CONF));
@@ -106,6 +113,27 @@ pub fn run(
     let bytes = serde_json::to_vec_pretty(&saved).map_err(|e| Error::io("write", JOIN_FILE)(e.into()))?;
     write_file(host, &super::state_dir(bundled.name).join(JOIN_FILE), &bytes, 0o600)?;
     Ok(Some(commands))
+}
+
+/// Runs a long kubeadm command through the host, telling `reporter` each line of its output as
+/// it comes, prefixed with `what`, and every `every` how long it has run and what it waits for
+/// (`kubeadm init: 90 s, waiting for the control plane`), which the install log gets too.
+pub fn run_reporting(
+    host: &dyn Host,
+    command: &mut Command,
+    what: &str,
+    waiting: &str,
+    every: std::time::Duration,
+    reporter: &dyn Reporter,
+) -> Result<String> {
+    host.run_watched(command, every, &mut |event| match event {
+        Watch::Line(line) => reporter.note(&format!("{what}: {line}")),
+        Watch::Running(elapsed) => {
+            let line = format!("{what}: {} s, {waiting}", elapsed.as_secs());
+            host.log(&line);
+            reporter.note(&line);
+        }
+    })
 }
 
 /// The join commands an earlier run kept, if any.

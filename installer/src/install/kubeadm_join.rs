@@ -6,11 +6,14 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::kubeadm_init::{ADMIN_CONF, ROOT_KUBECONFIG, kubeadm_error, rendered_configuration};
+use super::kubeadm_init::{
+    ADMIN_CONF, ROOT_KUBECONFIG, kubeadm_error, rendered_configuration, run_reporting,
+};
 use super::{InstallConfig, kubernetes_bin};
 use crate::error::{Error, Result};
 use crate::host::{Host, copy_file, write_file};
 use crate::kubeadm;
+use crate::progress::Reporter;
 
 /// The configuration `kubeadm join` runs with.
 pub const CONFIG: &str = "/etc/kubernetes/kubeadm-kubeferry-join.yaml";
@@ -23,6 +26,7 @@ pub fn run(
     config: &InstallConfig,
     kubernetes_version: Option<&str>,
     retry: bool,
+    reporter: &dyn Reporter,
 ) -> Result<()> {
     let Some(join) = &config.join else {
         return Err(Error::io("join", "kubeadm")(std::io::Error::other("no cluster to join was given")));
@@ -38,12 +42,17 @@ pub fn run(
         host.run(Command::new(&kubeadm).args(["reset", "-f"]))?;
     }
     // kubeadm's preflight is skipped for the reason kubeadm-init gives: kubeferry's has run.
-    host.run(
+    run_reporting(
+        host,
         Command::new(&kubeadm)
             .arg("join")
             .arg("--config")
             .arg(host.path(Path::new(CONFIG)))
             .arg("--skip-phases=preflight"),
+        "kubeadm join",
+        "waiting for the cluster",
+        config.progress_every,
+        reporter,
     )?;
     if join.control_plane {
         let admin = host.path(Path::new(ADMIN_CONF));

@@ -16,6 +16,7 @@ pub mod registry;
 pub mod state;
 
 use std::fmt;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,9 @@ pub const KUBERNETES_BIN_DIR: &str = "/usr/bin";
 pub fn kubernetes_bin(name: &str) -> PathBuf {
     Path::new(KUBERNETES_BIN_DIR).join(name)
 }
+
+/// How often `kubeadm init` and `kubeadm join` are said to be still running.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The kubelet's port, the only one a worker node needs free.
 pub const KUBELET_PORT: u16 = 10250;
@@ -129,8 +133,17 @@ pub struct InstallConfig {
     pub registry_port: u16,
     /// The address the registry domain resolves to on this node.
     pub registry_address: String,
+    /// The registry's user and password (sealos: `registryUsername`, `registryPassword`): the
+    /// registry serves only them, and the runtime pulls with them. None: no authentication.
+    pub registry_credentials: Option<crate::registry::Credentials>,
+    /// Where the registry keeps its data (sealos: `registryData`); None: the rootfs's
+    /// `registry/` itself.
+    pub registry_data: Option<PathBuf>,
     /// Whether runc and the kubelet use the systemd cgroup driver.
     pub systemd_cgroup: bool,
+    /// How often a long command with no end in sight (`kubeadm init`) is said to be still
+    /// running ([`PROGRESS_EVERY`]).
+    pub progress_every: std::time::Duration,
     /// Stop with an error right after this step has been recorded (for tests of resuming).
     pub fail_after: Option<StepId>,
     /// The API server's address (`--advertise-address`); else the address of the interface of
@@ -170,6 +183,9 @@ impl InstallConfig {
             registry_domain: crate::kubeadm::DEFAULT_REGISTRY_DOMAIN.into(),
             registry_port: crate::kubeadm::DEFAULT_REGISTRY_PORT,
             registry_address: "127.0.0.1".into(),
+            registry_credentials: None,
+            registry_data: None,
+            progress_every: PROGRESS_EVERY,
             systemd_cgroup: true,
             fail_after: None,
             advertise_address: None,
@@ -248,8 +264,17 @@ pub fn plan(host: &dyn Host, verified: &Verified, config: &InstallConfig) -> Res
                     config.registry_domain, config.registry_address
                 ),
                 StepId::Registry => format!(
-                    "serve {rootfs}/registry on {registry} ({} -> {}) as {REGISTRY_UNIT_NAME}",
-                    config.registry_domain, config.registry_address
+                    "serve {} on {registry} ({} -> {}) as {REGISTRY_UNIT_NAME}{}",
+                    match &config.registry_data {
+                        Some(data) => format!("{} (filled from {rootfs}/registry)", data.display()),
+                        None => format!("{rootfs}/registry"),
+                    },
+                    config.registry_domain,
+                    config.registry_address,
+                    match &config.registry_credentials {
+                        Some(c) => format!(", to the user '{}' only", c.username),
+                        None => String::new(),
+                    }
                 ),
                 StepId::KubeadmJoin => format!(
                     "render etc/kubeadm.yml's JoinConfiguration{} into {}, run kubeadm join{}",
@@ -314,6 +339,53 @@ fn remember_clean_hooks(
         state.clean_hooks = found;
         state.hook_env = env;
     })
+}
+
+/// The directory the registry serves (a path of this process): the rootfs's `registry/`, or
+/// the registry data directory (`registryData`), filled from it and recorded the first time.
+fn registry_storage(host: &state::Recorder<'_>, rootfs: &Path, config: &InstallConfig) -> Result<PathBuf> {
+    let bundled = rootfs.join("registry");
+    let Some(data) = &config.registry_data else {
+        return Ok(bundled);
+    };
+    let target = host.path(data);
+    if host.state().files.iter().any(|f| f == data) {
+        // An earlier run made and filled it; fill it again, it may have stopped half-way.
+    } else if fs::read_dir(&target).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        return Err(Error::RegistrySettings(format!(
+            "the registry data directory '{}' is not empty: give a new or empty directory",
+            data.display()
+        )));
+    } else {
+        host.record(data)?;
+    }
+    copy_tree(&bundled, &target)?;
+    host.log(&format!("filled the registry data directory {} from {}", data.display(), bundled.display()));
+    Ok(target)
+}
+
+/// Copies the tree `from` into `to` (created), hard-linking files where the file system allows.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to).map_err(Error::io("create", to))?;
+    let entries = match fs::read_dir(from) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("read", from)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(Error::io("read", from))?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().map_err(Error::io("read", &source))?;
+        if kind.is_dir() {
+            copy_tree(&source, &target)?;
+        } else if kind.is_file()
+            && fs::symlink_metadata(&target).is_err()
+            && fs::hard_link(&source, &target).is_err()
+        {
+            fs::copy(&source, &target).map_err(Error::io("copy", &source))?;
+        }
+    }
+    Ok(())
 }
 
 /// Tools the install and the images' scripts call, unless the bundle's bin/ carries them.
@@ -457,6 +529,7 @@ pub fn run(
                             registry: format!("{}:{}", config.registry_domain, config.registry_port),
                             systemd_cgroup: config.systemd_cgroup,
                             sandbox_image: None,
+                            credentials: config.registry_credentials.clone(),
                         };
                         cri::install_containerd(host, &rootfs, &settings)?;
                     }
@@ -468,7 +541,10 @@ pub fn run(
                     registry::use_remote(host, config)?;
                     hooks::run(host, &init, &hooks::environment(&manifest.image, config, &rootfs))?;
                 }
-                None => registry::start(host, bundle, &rootfs, config)?,
+                None => {
+                    let storage = registry_storage(host, &rootfs, config)?;
+                    registry::start(host, bundle, &rootfs, &storage, config)?
+                }
             },
             StepId::Kubernetes if hooks::find(hooks::Hook::Init, &rootfs, &manifest.image).is_some() => {
                 host.log("step kubernetes: the image's init hook set the node up");
@@ -479,12 +555,12 @@ pub fn run(
                     name: &manifest.name,
                     kubernetes_version: manifest.kubernetes_version.as_deref(),
                 };
-                kubeadm_init::run(host, &rootfs, config, &bundled, retry)?;
+                kubeadm_init::run(host, &rootfs, config, &bundled, retry, reporter)?;
             }
             StepId::Applications => applications::run(host, &rootfs, &manifest.image, config)?,
             StepId::KubeadmJoin => {
                 let kubernetes_version = manifest.kubernetes_version.as_deref();
-                kubeadm_join::run(host, &rootfs, config, kubernetes_version, retry)?;
+                kubeadm_join::run(host, &rootfs, config, kubernetes_version, retry, reporter)?;
             }
         }
         host.update(|state| {
@@ -542,6 +618,9 @@ mod tests {
             registry_domain: "sea.hub".into(),
             registry_port: 5000,
             registry_address: "127.0.0.1".into(),
+            registry_credentials: None,
+            registry_data: None,
+            progress_every: PROGRESS_EVERY,
             systemd_cgroup: true,
             fail_after: None,
             advertise_address: None,
@@ -623,6 +702,23 @@ mod tests {
             finished.ports.is_empty(),
             "our own control plane and registry hold them: {:?}",
             finished.ports
+        );
+    }
+
+    #[test]
+    fn the_registry_step_names_its_data_directory_and_its_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = crate::host::PathsOnly(dir.path().to_path_buf());
+        let config = InstallConfig {
+            registry_data: Some("/srv/registry".into()),
+            registry_credentials: Some(crate::registry::Credentials::new("admin", "x").unwrap()),
+            ..config()
+        };
+        let plan = plan(&host, &verified(), &config).unwrap();
+        assert_eq!(
+            plan.steps[2].summary,
+            "serve /srv/registry (filled from /var/lib/kubeferry/edge/rootfs/registry) on sea.hub:5000 \
+             (sea.hub -> 127.0.0.1) as kubeferry-registry.service, to the user 'admin' only"
         );
     }
 

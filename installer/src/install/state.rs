@@ -207,6 +207,15 @@ impl Host for Recorder<'_> {
         self.inner.run(command)
     }
 
+    fn run_watched(
+        &self,
+        command: &mut Command,
+        every: std::time::Duration,
+        watch: &mut dyn FnMut(crate::host::Watch<'_>),
+    ) -> Result<String> {
+        self.inner.run_watched(command, every, watch)
+    }
+
     fn start_service(&self, unit: &str) -> Result<()> {
         self.note_service(unit)?;
         self.inner.start_service(unit)

@@ -89,6 +89,8 @@ pub struct RegistryConfig {
     pub root: PathBuf,
     /// The address to listen on; port 0 picks a free port (see [`Registry::local_addr`]).
     pub listen: SocketAddr,
+    /// The users allowed to read (Basic authentication); None serves everyone.
+    pub users: Option<Users>,
     /// Connections served at once: each handler thread answers one connection's requests (a
     /// whole blob download included) before it takes another. 0 means [`DEFAULT_THREADS`].
     pub threads: usize,
@@ -136,6 +138,20 @@ pub enum RegistryError {
     /// A file of the storage directory holds something a registry never writes.
     #[error("'{path}' is not valid registry storage: {reason}")]
     Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The registry credentials given cannot be used.
+    #[error("the registry credentials are not usable: {reason}")]
+    BadCredentials {
+        /// What is wrong with them.
+        reason: String,
+    },
+    /// An htpasswd file that cannot be used.
+    #[error("'{path}' is not a usable htpasswd file: {reason}")]
+    Htpasswd {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
@@ -228,6 +244,7 @@ pub struct Registry {
 
 struct Shared {
     storage: Storage,
+    users: Option<Users>,
     stopping: AtomicBool,
     pending: Mutex<VecDeque<TcpStream>>,
     available: Condvar,
@@ -281,6 +298,7 @@ impl Registry {
         let threads = if config.threads == 0 { DEFAULT_THREADS } else { config.threads };
         let shared = Arc::new(Shared {
             storage,
+            users: config.users,
             stopping: AtomicBool::new(false),
             pending: Mutex::new(VecDeque::new()),
             available: Condvar::new(),
@@ -367,6 +385,7 @@ pub fn serve_forever(config: RegistryConfig) -> Result<(), RegistryError> {
     Registry::start(config)?.wait()
 }
 
+mod auth;
 mod probe;
 mod routes;
 mod server;
@@ -374,7 +393,8 @@ mod storage;
 #[cfg(test)]
 mod tests;
 
-pub use probe::wait_ready;
+pub use auth::{BCRYPT_COST, Credentials, REALM, Users};
+pub use probe::{wait_ready, wait_ready_as};
 use routes::*;
 use server::*;
 use storage::*;

@@ -18,6 +18,18 @@ pub fn wait_ready(
     probe: Option<(&str, &str)>,
     timeout: Duration,
 ) -> Result<(), RegistryError> {
+    wait_ready_as(addr, host_header, probe, None, timeout)
+}
+
+/// [`wait_ready`] for a registry that wants credentials: the probe's manifest is read with
+/// them (`/v2/` may still answer 401 to a registry that checks credentials there only).
+pub fn wait_ready_as(
+    addr: SocketAddr,
+    host_header: &str,
+    probe: Option<(&str, &str)>,
+    credentials: Option<&Credentials>,
+    timeout: Duration,
+) -> Result<(), RegistryError> {
     if let Some((repository, tag)) = probe
         && !(valid_name(repository) && valid_tag(tag))
     {
@@ -30,7 +42,7 @@ pub fn wait_ready(
         let attempt_timeout = deadline
             .saturating_duration_since(Instant::now())
             .clamp(Duration::from_millis(100), Duration::from_secs(2));
-        let last = match ready_once(addr, host_header, probe, attempt_timeout) {
+        let last = match ready_once(addr, host_header, probe, credentials, attempt_timeout) {
             Ok(()) => return Ok(()),
             Err(last) => last,
         };
@@ -48,15 +60,19 @@ pub(super) fn ready_once(
     addr: SocketAddr,
     host: &str,
     probe: Option<(&str, &str)>,
+    credentials: Option<&Credentials>,
     timeout: Duration,
 ) -> Result<(), String> {
-    let status = http_status(addr, host, "GET", "/v2/", None, timeout)?;
+    let authorization = credentials.map(|c| format!("Authorization: {}\r\n", c.authorization()));
+    let authorization = authorization.as_deref().unwrap_or("");
+    let status = http_status(addr, host, "GET", "/v2/", authorization, timeout)?;
     if status != 200 && status != 401 {
         return Err(format!("'/v2/' answered HTTP {status}"));
     }
     if let Some((repository, tag)) = probe {
         let path = format!("/v2/{repository}/manifests/{tag}");
-        let status = http_status(addr, host, "HEAD", &path, Some(ACCEPT_MANIFESTS), timeout)?;
+        let headers = format!("Accept: {ACCEPT_MANIFESTS}\r\n{authorization}");
+        let status = http_status(addr, host, "HEAD", &path, &headers, timeout)?;
         if status != 200 {
             return Err(format!("'{path}' answered HTTP {status}"));
         }
@@ -64,13 +80,14 @@ pub(super) fn ready_once(
     Ok(())
 }
 
-/// Sends one HTTP/1.1 request and returns the response's status code.
+/// Sends one HTTP/1.1 request, with `headers` (each ending in CRLF) beside `Host`, and returns
+/// the response's status code.
 pub(super) fn http_status(
     addr: SocketAddr,
     host: &str,
     method: &str,
     path: &str,
-    accept: Option<&str>,
+    headers: &str,
     timeout: Duration,
 ) -> Result<u16, String> {
     let mut stream =
@@ -78,9 +95,8 @@ pub(super) fn http_status(
     let io = |e: io::Error| format!("'{path}' did not answer: {e}");
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kubeferry\r\n{accept}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kubeferry\r\n{headers}Connection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).map_err(io)?;
     // Only the status line is needed: "HTTP/1.1 200 OK\r\n".

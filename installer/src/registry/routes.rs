@@ -86,6 +86,12 @@ pub(super) fn handle(storage: &Storage, method: &str, url: &str, range: Option<&
     }
 }
 
+/// The answer to a request without good credentials, as distribution's htpasswd auth gives it.
+pub(super) fn unauthorized() -> Reply {
+    Reply::error(401, "UNAUTHORIZED", "authentication required", serde_json::Value::Null)
+        .header("WWW-Authenticate", format!("Basic realm=\"{REALM}\""))
+}
+
 pub(super) fn not_found() -> Reply {
     Reply::new(404, Body::Bytes(b"404 page not found\n".to_vec()))
         .header("Content-Type", "text/plain; charset=utf-8")

@@ -122,6 +122,8 @@ pub(super) struct RequestHead {
     /// The client asked to close, or speaks HTTP/1.0 (answered, then closed).
     pub(super) close: bool,
     pub(super) range: Option<String>,
+    /// The `Authorization` header, for a registry with users.
+    pub(super) authorization: Option<String>,
     pub(super) body: RequestBody,
     /// `Expect: 100-continue`: the client sends its body only once told to.
     pub(super) expect_continue: bool,
@@ -202,7 +204,10 @@ pub(super) fn serve_connection(shared: &Shared, stream: &TcpStream) -> io::Resul
             }
         }
         let head = request.method == "HEAD";
-        let reply = handle(&shared.storage, &request.method, &request.target, request.range.as_deref());
+        let reply = match &shared.users {
+            Some(users) if !users.check(request.authorization.as_deref()) => unauthorized(),
+            _ => handle(&shared.storage, &request.method, &request.target, request.range.as_deref()),
+        };
         // Keep-alive only while no other connection waits for a handler.
         close = close || shared.stopping() || shared.others_waiting();
         write_reply(stream, reply, head, close)?;
@@ -267,6 +272,7 @@ pub(super) fn read_head(
         target: target.to_owned(),
         close: http10,
         range: None,
+        authorization: None,
         body: RequestBody::None,
         expect_continue: false,
     };
@@ -388,6 +394,8 @@ pub(super) fn apply_header(head: &mut RequestHead, line: &str, http10: bool) -> 
         head.expect_continue = value.eq_ignore_ascii_case("100-continue");
     } else if name.eq_ignore_ascii_case("range") {
         head.range = Some(value.to_owned());
+    } else if name.eq_ignore_ascii_case("authorization") {
+        head.authorization = Some(value.to_owned());
     }
     Ok(())
 }
@@ -446,6 +454,7 @@ pub(super) fn reason(status: u16) -> &'static str {
         200 => "OK",
         206 => "Partial Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         416 => "Range Not Satisfiable",

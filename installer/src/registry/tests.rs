@@ -398,6 +398,7 @@ fn request_heads_are_parsed_strictly() {
         target: "/".into(),
         close: false,
         range: None,
+        authorization: None,
         body: RequestBody::None,
         expect_continue: false,
     };
@@ -421,7 +422,8 @@ fn request_heads_are_parsed_strictly() {
 
 fn start(f: &Fixture, threads: usize) -> Registry {
     let root = f.storage.v2.parent().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
-    Registry::start(RegistryConfig { root, listen: "127.0.0.1:0".parse().unwrap(), threads }).unwrap()
+    Registry::start(RegistryConfig { root, listen: "127.0.0.1:0".parse().unwrap(), threads, users: None })
+        .unwrap()
 }
 
 fn connect(registry: &Registry) -> TcpStream {
@@ -569,6 +571,7 @@ fn starts_serves_and_stops_on_a_real_socket() {
         root: root.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 2,
+        users: None,
     })
     .unwrap();
     let addr = registry.local_addr();
@@ -581,11 +584,59 @@ fn starts_serves_and_stops_on_a_real_socket() {
         Err(RegistryError::InvalidProbe { .. })
     ));
     // The same port again: refused while it serves, with the hint.
-    let busy = Registry::start(RegistryConfig { root: root.clone(), listen: addr, threads: 1 }).unwrap_err();
+    let busy = Registry::start(RegistryConfig { root: root.clone(), listen: addr, threads: 1, users: None })
+        .unwrap_err();
     assert!(
         matches!(&busy, RegistryError::Listen { source, .. } if source.kind() == io::ErrorKind::AddrInUse)
     );
     registry.stop();
     let err = wait_ready(addr, "x", None, Duration::from_millis(200)).unwrap_err();
     assert!(err.to_string().contains("could not connect"), "{err}");
+}
+
+#[test]
+fn a_registry_with_users_answers_only_their_credentials() {
+    let f = fixture();
+    let root = f.storage.v2.parent().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    let admin = Credentials::new("admin", "passw0rd").unwrap();
+    let users = Users::parse(&admin.htpasswd_line().unwrap(), Path::new("htpasswd")).unwrap();
+    let registry = Registry::start(RegistryConfig {
+        root,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 1,
+        users: Some(users),
+    })
+    .unwrap();
+    let stream = connect(&registry);
+    let mut reader = BufReader::new(&stream);
+    let ask = |authorization: Option<&str>| {
+        let header = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        (&stream).write_all(format!("GET /v2/ HTTP/1.1\r\nHost: x\r\n{header}\r\n").as_bytes()).unwrap();
+    };
+    ask(None);
+    let (status, head, body) = response(&mut reader);
+    assert_eq!(status, 401, "{head}");
+    assert!(head.contains("WWW-Authenticate: Basic realm=\"kubeferry-registry\"\r\n"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("\"code\":\"UNAUTHORIZED\""));
+    ask(Some(&Credentials::new("admin", "wrong").unwrap().authorization()));
+    assert_eq!(response(&mut reader).0, 401);
+    ask(Some(&admin.authorization()));
+    assert_eq!(response(&mut reader).0, 200, "the same connection goes on after a 401");
+    wait_ready_as(
+        registry.local_addr(),
+        "x",
+        Some(("library/app", "v1")),
+        Some(&admin),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let err = wait_ready_as(
+        registry.local_addr(),
+        "x",
+        Some(("library/app", "v1")),
+        None,
+        Duration::from_millis(300),
+    )
+    .unwrap_err();
+    assert!(err.to_string().ends_with("'/v2/library/app/manifests/v1' answered HTTP 401"), "{err}");
 }

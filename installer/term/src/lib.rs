@@ -85,6 +85,10 @@ impl Reporter for Terminal {
         eprintln!("{}: {} in {secs:.1}s ({}/s)", step.name, human_bytes(step.total), human_bytes(rate));
     }
 
+    fn note(&self, line: &str) {
+        self.say(line);
+    }
+
     fn warn(&self, message: &str) {
         eprintln!("warning: {message}");
     }
