@@ -78,6 +78,7 @@ fn serve(storage: &Path) -> Registry {
         root: storage.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 4,
+        users: None,
     })
     .unwrap();
     registry::wait_ready(registry.local_addr(), "127.0.0.1", None, Duration::from_secs(5)).unwrap();

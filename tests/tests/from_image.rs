@@ -551,6 +551,7 @@ fn image_archives_in_images_are_served_from_the_bundles_registry() {
         root: to.join("registry"),
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 2,
+        users: None,
     })
     .unwrap();
     let at = served.local_addr();
