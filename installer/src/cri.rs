@@ -270,6 +270,55 @@ pub fn render_unit(unit: &str, host: &dyn Host) -> Result<String> {
     Ok(lines.join("\n") + "\n")
 }
 
+/// Kills every running task of the Kubernetes namespace (`k8s.io`) and waits until none runs:
+/// what `kubeadm reset` does through crictl, which these images may lack. The kubelet must be
+/// stopped first, or it starts them again. Returns how many there were; nothing to do when
+/// containerd does not answer.
+pub fn kill_kubernetes_tasks(host: &dyn Host, timeout: Duration) -> Result<usize> {
+    let socket = host.path(Path::new(SOCKET));
+    if UnixStream::connect(&socket).is_err() {
+        return Ok(0);
+    }
+    let ctr = host.path(&Path::new(BIN_DIR).join("ctr"));
+    let ctr = || {
+        let mut command = Command::new(&ctr);
+        command.arg("--address").arg(&socket).args(["--namespace", "k8s.io"]);
+        command
+    };
+    // `ctr tasks list`: a header, then "TASK PID STATUS" per task.
+    let running = |listed: &str| -> Vec<String> {
+        listed
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.len() >= 3 && fields[2] != "STOPPED").then(|| fields[0].to_string())
+            })
+            .collect()
+    };
+    let tasks = running(&host.run(ctr().args(["tasks", "list"]))?);
+    for task in &tasks {
+        // A task that ended meanwhile is not an error.
+        let _ = host.run(ctr().args(["tasks", "kill", "--all", "--signal", "SIGKILL", task]));
+    }
+    let start = Instant::now();
+    loop {
+        let left = running(&host.run(ctr().args(["tasks", "list"]))?);
+        if left.is_empty() {
+            host.log(&format!("killed {} task(s) of containerd's k8s.io namespace", tasks.len()));
+            return Ok(tasks.len());
+        }
+        if start.elapsed() > timeout {
+            return Err(Error::Runtime(format!(
+                "containerd's tasks {} still run {} s after SIGKILL; stop them ('ctr -n k8s.io tasks kill') and run the install again",
+                left.join(", "),
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Waits until containerd accepts connections on its socket and answers `ctr version`.
 pub fn wait_ready(host: &dyn Host, timeout: Duration) -> Result<()> {
     let socket = host.path(Path::new(SOCKET));

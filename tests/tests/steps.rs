@@ -266,9 +266,13 @@ fn kubeadm_init_with_config_then_the_applications_with_the_images_cmd() {
         host.root.join("etc/kubernetes/kubeadm-kubeferry.yaml").display()
     );
     assert_eq!(kubeadm_calls, [init.as_str(), "kubeadm reset -f", init.as_str()]);
-    assert!(
-        host.log_text().contains("kubeadm init started before and did not finish: kubeadm reset -f first")
-    );
+    let log = host.log_text();
+    let retried = log
+        .find("kubeadm init started before and did not finish: its containers killed, kubeadm reset -f")
+        .expect("the retry is logged");
+    // The kubelet is stopped (it would start the unfinished init's static pods again), then
+    // enabled again for kubeadm init to start.
+    assert!(log[retried..].contains("enabled kubelet.service"), "{log}");
 
     let used = fs::read_to_string(tmp.path().join("host.logs/kubeadm-init.yaml")).unwrap();
     assert!(used.contains("kind: InitConfiguration\n"), "{used}");

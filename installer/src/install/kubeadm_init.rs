@@ -9,7 +9,9 @@ use std::net::{IpAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::kubernetes::KUBELET_UNIT_NAME;
 use super::{InstallConfig, kubernetes_bin};
+use crate::cri;
 use crate::error::{Error, Result};
 use crate::host::{Host, Watch, copy_file, write_file};
 use crate::kubeadm::{self, JoinCommands, JoinParams, Values};
@@ -58,8 +60,15 @@ pub fn run(
     write_file(host, Path::new(CONFIG), rendered.as_bytes(), 0o600)?;
 
     if retry {
-        host.log("kubeadm init started before and did not finish: kubeadm reset -f first");
+        // The containers of the unfinished init may run (the kubelet starts its static pods at
+        // boot): they hold the control plane's ports and etcd's data directory. kubeadm reset
+        // removes them only through crictl, so they are killed first, the kubelet stopped.
+        host.log("kubeadm init started before and did not finish: its containers killed, kubeadm reset -f");
+        host.stop_service(KUBELET_UNIT_NAME)?;
+        cri::kill_kubernetes_tasks(host, std::time::Duration::from_secs(60))?;
         host.run(Command::new(&kubeadm).args(["reset", "-f"]))?;
+        // Stopping disabled it; kubeadm init starts it.
+        host.enable_service(KUBELET_UNIT_NAME)?;
     }
     let skip = skipped_phases(rootfs);
     let output = run_reporting(
