@@ -15,7 +15,8 @@
 //!    the state directory's `backup/`; directories left empty are removed up to the system's
 //!    own ([`SYSTEM_DIRS`]).
 //! 4. [`Phase::Hosts`]: the lines marked `# added by kubeferry` leave `/etc/hosts`.
-//! 5. [`Phase::Data`]: the runtime's state in `/run` goes; with `--purge`, [`CLUSTER_DATA`] too.
+//! 5. [`Phase::Data`]: the runtime's state in `/run` goes; with `--purge`, [`CLUSTER_DATA`] too,
+//!    and the [`MOUNT_DIRS`] the kubelet made when they are empty.
 //! 6. [`Phase::State`]: the state directory, its log and its lock, last: an uninstall that
 //!    stops before this point can be run again and finishes the job.
 //!
@@ -34,8 +35,9 @@ use crate::install::{StepId, registry};
 
 /// What `kubeadm init`, the kubelet and the runtime make that is the cluster's data rather than
 /// kubeferry's files: kept unless `--purge`. Besides the data, containerd makes its `opt` plugin's
-/// directory and the kubelet its FlexVolume plugin directory when they start.
-pub const CLUSTER_DATA: [&str; 11] = [
+/// directory and the kubelet the control plane's host mounts (the FlexVolume plugins, the API
+/// server's audit log) when they start.
+pub const CLUSTER_DATA: [&str; 12] = [
     "/etc/kubernetes",
     "/var/lib/etcd",
     "/var/lib/kubelet",
@@ -47,7 +49,13 @@ pub const CLUSTER_DATA: [&str; 11] = [
     "/var/log/containers",
     "/opt/containerd",
     "/usr/libexec/kubernetes",
+    "/var/log/kubernetes",
 ];
+
+/// Directories the kubelet makes for the control plane's host mounts (kubeadm's
+/// `DirectoryOrCreate` volumes) that a host often has already, with its own files: with
+/// `--purge` they are removed only when empty.
+pub const MOUNT_DIRS: [&str; 1] = ["/etc/ssl/certs"];
 
 /// What kubeadm reset deletes that is kept without `--purge`: the cluster's certificates and
 /// etcd's data, enough to bring the same cluster back.
@@ -198,6 +206,15 @@ pub fn run(host: &dyn Host, name: &str, options: &UninstallOptions) -> Result<Re
                     let target = Path::new(dir);
                     if fs::symlink_metadata(host.path(target)).is_ok() {
                         remove_path(host, &host.path(target))?;
+                        report.removed += 1;
+                        prune(host, target)?;
+                    }
+                }
+                for dir in MOUNT_DIRS.iter().filter(|_| options.purge) {
+                    let target = Path::new(dir);
+                    let path = host.path(target);
+                    if fs::read_dir(&path).is_ok_and(|mut entries| entries.next().is_none()) {
+                        fs::remove_dir(&path).map_err(Error::io("remove", &path))?;
                         report.removed += 1;
                         prune(host, target)?;
                     }
