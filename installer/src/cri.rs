@@ -270,14 +270,16 @@ pub fn render_unit(unit: &str, host: &dyn Host) -> Result<String> {
     Ok(lines.join("\n") + "\n")
 }
 
-/// Kills every running task of the Kubernetes namespace (`k8s.io`) and waits until none runs:
-/// what `kubeadm reset` does through crictl, which these images may lack. The kubelet must be
-/// stopped first, or it starts them again. Returns how many there were; nothing to do when
-/// containerd does not answer.
-pub fn kill_kubernetes_tasks(host: &dyn Host, timeout: Duration) -> Result<usize> {
+/// Empties containerd's Kubernetes namespace (`k8s.io`): every task killed, every container
+/// and image removed, then containerd restarted so that its CRI plugin forgets them too. What
+/// `kubeadm reset` would do through crictl, which these images may lack, and more: after a
+/// power cut, the images containerd had unpacked may hold empty files (unpacked snapshots are
+/// not synced), so they are pulled again from the bundled registry. The kubelet must be stopped
+/// first, or it starts the containers again. Nothing to do when containerd does not answer.
+pub fn reset_kubernetes_namespace(host: &dyn Host, timeout: Duration) -> Result<()> {
     let socket = host.path(Path::new(SOCKET));
     if UnixStream::connect(&socket).is_err() {
-        return Ok(0);
+        return Ok(());
     }
     let ctr = host.path(&Path::new(BIN_DIR).join("ctr"));
     let ctr = || {
@@ -286,27 +288,36 @@ pub fn kill_kubernetes_tasks(host: &dyn Host, timeout: Duration) -> Result<usize
         command
     };
     // `ctr tasks list`: a header, then "TASK PID STATUS" per task.
-    let running = |listed: &str| -> Vec<String> {
-        listed
+    let tasks = |running_only: bool| -> Result<Vec<String>> {
+        Ok(host
+            .run(ctr().args(["tasks", "list"]))?
             .lines()
             .skip(1)
             .filter_map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
-                (fields.len() >= 3 && fields[2] != "STOPPED").then(|| fields[0].to_string())
+                (fields.len() >= 3 && !(running_only && fields[2] == "STOPPED"))
+                    .then(|| fields[0].to_string())
             })
-            .collect()
+            .collect())
     };
-    let tasks = running(&host.run(ctr().args(["tasks", "list"]))?);
-    for task in &tasks {
+    let quiet_list = |what: &str| -> Result<Vec<String>> {
+        Ok(host
+            .run(ctr().args([what, "list", "--quiet"]))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    };
+    for task in tasks(true)? {
         // A task that ended meanwhile is not an error.
-        let _ = host.run(ctr().args(["tasks", "kill", "--all", "--signal", "SIGKILL", task]));
+        let _ = host.run(ctr().args(["tasks", "kill", "--all", "--signal", "SIGKILL", &task]));
     }
     let start = Instant::now();
     loop {
-        let left = running(&host.run(ctr().args(["tasks", "list"]))?);
+        let left = tasks(true)?;
         if left.is_empty() {
-            host.log(&format!("killed {} task(s) of containerd's k8s.io namespace", tasks.len()));
-            return Ok(tasks.len());
+            break;
         }
         if start.elapsed() > timeout {
             return Err(Error::Runtime(format!(
@@ -317,6 +328,25 @@ pub fn kill_kubernetes_tasks(host: &dyn Host, timeout: Duration) -> Result<usize
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    for task in tasks(false)? {
+        let _ = host.run(ctr().args(["tasks", "delete", &task]));
+    }
+    let containers = quiet_list("containers")?;
+    for container in &containers {
+        host.run(ctr().args(["containers", "delete", container]))?;
+    }
+    let images = quiet_list("images")?;
+    if !images.is_empty() {
+        host.run(ctr().args(["images", "remove", "--sync"]).args(&images))?;
+    }
+    host.log(&format!(
+        "containerd's k8s.io namespace emptied: {} containers, {} images",
+        containers.len(),
+        images.len()
+    ));
+    host.stop_service(UNIT_NAME)?;
+    host.start_service(UNIT_NAME)?;
+    wait_ready(host, timeout)
 }
 
 /// Waits until containerd accepts connections on its socket and answers `ctr version`.

@@ -61,11 +61,13 @@ pub fn run(
 
     if retry {
         // The containers of the unfinished init may run (the kubelet starts its static pods at
-        // boot): they hold the control plane's ports and etcd's data directory. kubeadm reset
-        // removes them only through crictl, so they are killed first, the kubelet stopped.
-        host.log("kubeadm init started before and did not finish: its containers killed, kubeadm reset -f");
+        // boot): they hold the control plane's ports and etcd's data directory, and kubeadm
+        // reset removes them only through crictl. After a power cut the images unpacked for
+        // them may hold empty files. So the kubelet is stopped and containerd's Kubernetes
+        // namespace emptied first.
+        host.log("kubeadm init started before and did not finish: its containers and images removed, kubeadm reset -f");
         host.stop_service(KUBELET_UNIT_NAME)?;
-        cri::kill_kubernetes_tasks(host, std::time::Duration::from_secs(60))?;
+        cri::reset_kubernetes_namespace(host, std::time::Duration::from_secs(60))?;
         host.run(Command::new(&kubeadm).args(["reset", "-f"]))?;
         // Stopping disabled it; kubeadm init starts it.
         host.enable_service(KUBELET_UNIT_NAME)?;
