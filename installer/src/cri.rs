@@ -270,23 +270,56 @@ pub fn render_unit(unit: &str, host: &dyn Host) -> Result<String> {
     Ok(lines.join("\n") + "\n")
 }
 
-/// Empties containerd's Kubernetes namespace (`k8s.io`): every task killed, every container
-/// and image removed, then containerd restarted so that its CRI plugin forgets them too. What
-/// `kubeadm reset` would do through crictl, which these images may lack, and more: after a
-/// power cut, the images containerd had unpacked may hold empty files (unpacked snapshots are
-/// not synced), so they are pulled again from the bundled registry. The kubelet must be stopped
-/// first, or it starts the containers again. Nothing to do when containerd does not answer.
+/// Empties containerd's Kubernetes namespace (`k8s.io`): its containers removed
+/// ([`remove_kubernetes_containers`]), every image too, then containerd restarted so that its
+/// CRI plugin forgets them. After a power cut, the images containerd had unpacked may hold empty
+/// files (unpacked snapshots are not synced), so they are pulled again from the bundled
+/// registry. Nothing to do when containerd does not answer.
 pub fn reset_kubernetes_namespace(host: &dyn Host, timeout: Duration) -> Result<()> {
-    let socket = host.path(Path::new(SOCKET));
-    if UnixStream::connect(&socket).is_err() {
+    let Some(containers) = remove_kubernetes_containers(host, timeout)? else {
         return Ok(());
-    }
-    let ctr = host.path(&Path::new(BIN_DIR).join("ctr"));
-    let ctr = || {
-        let mut command = Command::new(&ctr);
-        command.arg("--address").arg(&socket).args(["--namespace", "k8s.io"]);
-        command
     };
+    let images = quiet_list(host, "images")?;
+    if !images.is_empty() {
+        host.run(k8s_ctr(host).args(["images", "remove", "--sync"]).args(&images))?;
+    }
+    host.log(&format!(
+        "containerd's k8s.io namespace emptied: {containers} containers, {} images",
+        images.len()
+    ));
+    host.stop_service(UNIT_NAME)?;
+    host.start_service(UNIT_NAME)?;
+    wait_ready(host, timeout)
+}
+
+/// `ctr` on kubeferry's containerd socket, in the `k8s.io` namespace.
+fn k8s_ctr(host: &dyn Host) -> Command {
+    let mut command = Command::new(host.path(&Path::new(BIN_DIR).join("ctr")));
+    command.arg("--address").arg(host.path(Path::new(SOCKET))).args(["--namespace", "k8s.io"]);
+    command
+}
+
+/// `ctr WHAT list --quiet`: one name per line.
+fn quiet_list(host: &dyn Host, what: &str) -> Result<Vec<String>> {
+    Ok(host
+        .run(k8s_ctr(host).args([what, "list", "--quiet"]))?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Kills every task of containerd's `k8s.io` namespace and removes its containers: what
+/// `kubeadm reset` would do through crictl, which these images may lack. Without it the
+/// containers outlive containerd (their shims keep running) and hold their mounts, ports and
+/// etcd's data. The kubelet must be stopped first, or it starts them again. Gives the number of
+/// containers removed, or `None` when containerd does not answer.
+pub fn remove_kubernetes_containers(host: &dyn Host, timeout: Duration) -> Result<Option<usize>> {
+    if UnixStream::connect(host.path(Path::new(SOCKET))).is_err() {
+        return Ok(None);
+    }
+    let ctr = || k8s_ctr(host);
     // `ctr tasks list`: a header, then "TASK PID STATUS" per task.
     let tasks = |running_only: bool| -> Result<Vec<String>> {
         Ok(host
@@ -298,15 +331,6 @@ pub fn reset_kubernetes_namespace(host: &dyn Host, timeout: Duration) -> Result<
                 (fields.len() >= 3 && !(running_only && fields[2] == "STOPPED"))
                     .then(|| fields[0].to_string())
             })
-            .collect())
-    };
-    let quiet_list = |what: &str| -> Result<Vec<String>> {
-        Ok(host
-            .run(ctr().args([what, "list", "--quiet"]))?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
             .collect())
     };
     for task in tasks(true)? {
@@ -331,22 +355,12 @@ pub fn reset_kubernetes_namespace(host: &dyn Host, timeout: Duration) -> Result<
     for task in tasks(false)? {
         let _ = host.run(ctr().args(["tasks", "delete", &task]));
     }
-    let containers = quiet_list("containers")?;
+    let containers = quiet_list(host, "containers")?;
     for container in &containers {
         host.run(ctr().args(["containers", "delete", container]))?;
     }
-    let images = quiet_list("images")?;
-    if !images.is_empty() {
-        host.run(ctr().args(["images", "remove", "--sync"]).args(&images))?;
-    }
-    host.log(&format!(
-        "containerd's k8s.io namespace emptied: {} containers, {} images",
-        containers.len(),
-        images.len()
-    ));
-    host.stop_service(UNIT_NAME)?;
-    host.start_service(UNIT_NAME)?;
-    wait_ready(host, timeout)
+    host.log(&format!("containerd's k8s.io containers removed: {}", containers.len()));
+    Ok(Some(containers.len()))
 }
 
 /// Waits until containerd accepts connections on its socket and answers `ctr version`.

@@ -24,6 +24,7 @@ pub mod install;
 pub mod keys;
 pub mod kubeadm;
 pub mod manifest;
+pub mod mounts;
 pub mod pipeline;
 pub mod preflight;
 pub mod progress;

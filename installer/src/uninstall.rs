@@ -30,8 +30,10 @@ use std::process::Command;
 
 use crate::error::{Error, Result};
 use crate::host::Host;
+use crate::install::kubernetes::KUBELET_UNIT_NAME;
 use crate::install::state::{self, State};
 use crate::install::{StepId, registry};
+use crate::{cri, mounts};
 
 /// What `kubeadm init`, the kubelet and the runtime make that is the cluster's data rather than
 /// kubeferry's files: kept unless `--purge`. Besides the data, containerd makes its `opt` plugin's
@@ -202,10 +204,21 @@ pub fn run(host: &dyn Host, name: &str, options: &UninstallOptions) -> Result<Re
             }
             Phase::Data => {
                 let data: &[&str] = if options.purge { &CLUSTER_DATA } else { &[] };
+                remove_pod_netns(host)?;
                 for dir in RUNTIME_STATE.iter().chain(data) {
                     let target = Path::new(dir);
                     if fs::symlink_metadata(host.path(target)).is_ok() {
-                        remove_path(host, &host.path(target))?;
+                        unmount_below(host, target)?;
+                        let path = host.path(target);
+                        if mounts::is_mount_point(&path)? {
+                            // A disk of the host's, mounted there: emptied, kept.
+                            for entry in fs::read_dir(&path).map_err(Error::io("read", &path))? {
+                                remove_path(host, &entry.map_err(Error::io("read", &path))?.path())?;
+                            }
+                            host.log(&format!("emptied {}, a mount point: kept", path.display()));
+                            continue;
+                        }
+                        remove_path(host, &path)?;
                         report.removed += 1;
                         prune(host, target)?;
                     }
@@ -284,6 +297,13 @@ fn reset(host: &dyn Host, state: &State, purge: bool) -> Result<()> {
             }
         }
     }
+    // The kubelet stopped and the cluster's containers removed first: kubeadm reset removes
+    // them only through crictl, which the image may lack, and a container left running holds
+    // its mounts under /run/containerd.
+    host.stop_service(KUBELET_UNIT_NAME)?;
+    cri::remove_kubernetes_containers(host, cri::READY_TIMEOUT)?;
+    // The pods' volumes too, which kubeadm reset would otherwise try to delete while mounted.
+    unmount_below(host, Path::new(KUBELET_DIR))?;
     let result = host.run(Command::new(&kubeadm).args(["reset", "-f"]));
     for kept in KEPT_FROM_RESET {
         restore_kept(host, Path::new(kept))?;
@@ -359,6 +379,45 @@ fn remove_files(host: &dyn Host, state: &State) -> Result<(usize, usize)> {
         restored += 1;
     }
     Ok((removed, restored))
+}
+
+/// Unmounts what the pods left mounted at or below `target` (a sandbox's `/dev/shm`, a volume),
+/// so that it can be removed.
+fn unmount_below(host: &dyn Host, target: &Path) -> Result<()> {
+    for point in mounts::unmount_below(&host.path(target))? {
+        host.log(&format!("unmounted {}", point.display()));
+    }
+    Ok(())
+}
+
+/// The kubelet's directory, where it mounts the pods' volumes.
+const KUBELET_DIR: &str = "/var/lib/kubelet";
+
+/// Where the runtime's CNI support mounts each pod's network namespace, as `cni-<id>`.
+const NETNS_DIR: &str = "/run/netns";
+
+/// Unmounts and removes the pods' network namespaces (`/run/netns/cni-*`), which containerd
+/// removes only when the kubelet stops a pod; the directory's other entries are not ours.
+fn remove_pod_netns(host: &dyn Host) -> Result<()> {
+    let dir = host.path(Path::new(NETNS_DIR));
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry.map_err(Error::io("read", &dir))?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("cni-")) {
+            if mounts::is_mount_point(&path)? {
+                nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(|e| Error::io("unmount", &path)(e.into()))?;
+            }
+            remove_path(host, &path)?;
+        }
+    }
+    // Made by the runtime's CNI support when missing; `ip netns` makes it again.
+    if fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_none()) {
+        fs::remove_dir(&dir).map_err(Error::io("remove", &dir))?;
+    }
+    Ok(())
 }
 
 /// Removes a file, a link or a whole directory (a host path as [`Host::path`] gives it).

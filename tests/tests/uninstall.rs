@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
+use std::process::Command;
 
 use kubeferry_installer::host::Host;
 use kubeferry_installer::install::{self, InstallConfig, StepId};
@@ -42,6 +43,21 @@ fn uninstall_purge_leaves_the_host_as_it_was_and_finishes_when_run_again() {
     assert!(state.files.iter().any(|f| f == std::path::Path::new("/etc/containerd/config.toml")));
     assert!(!state.files.iter().any(|f| f == std::path::Path::new("/etc/hosts")), "edited, not owned");
 
+    // What the pods leave mounted: a sandbox's /dev/shm under the runtime's state, a volume
+    // under the kubelet's, a network namespace (a bind-mounted file) under /run/netns.
+    let mounted = [
+        "run/containerd/io.containerd.grpc.v1.cri/sandboxes/5e1f/shm",
+        "var/lib/kubelet/pods/0c2e/volumes/kubernetes.io~projected/kube-api-access",
+    ];
+    for dir in mounted {
+        fs::create_dir_all(host.root.join(dir)).unwrap();
+        ok(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(host.root.join(dir)));
+        write(&host.root.join(dir).join("token"), "pod data\n");
+    }
+    let netns = host.root.join("run/netns/cni-5a1e");
+    write(&netns, "");
+    ok(Command::new("mount").arg("--bind").arg("/proc/self/ns/net").arg(&netns));
+
     // Interrupted after the files went: run again, it finishes.
     let options = UninstallOptions { purge: true, fail_after: Some(Phase::Files) };
     let err = uninstall::run(&host, "example", &options).unwrap_err();
@@ -58,6 +74,13 @@ fn uninstall_purge_leaves_the_host_as_it_was_and_finishes_when_run_again() {
         1,
         "kubeadm went with the first run's files: {calls}"
     );
+
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(host.root.to_str().unwrap()), "unmounted: {mountinfo}");
+    let log = host.log_text();
+    for dir in mounted {
+        assert!(log.contains(&format!("unmounted {}", host.root.join(dir).display())), "{log}");
+    }
 
     let after = snapshot(&host.root);
     let diff: Vec<String> = before
