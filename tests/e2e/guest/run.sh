@@ -263,5 +263,13 @@ else fail "purge-host-files: $(tr '\n' ' ' <"$R/host-files-after.txt")"; fi
 for u in containerd kubelet kubeferry-registry; do
   systemctl is-active --quiet "$u" && fail "purge-units: $u still active"
 done
-command -v kubeadm kubelet kubectl containerd >"$R/commands-after.txt" && fail "purge-commands: $(tr '\n' ' ' <"$R/commands-after.txt")"
+# Forget where this script found them before: bash's hash table would still name removed files.
+hash -r
+left_commands=$(for c in kubeadm kubelet kubectl containerd ctr runc; do command -v "$c" || true; done)
+printf '%s\n' "$left_commands" >"$R/commands-after.txt"
+if [ -n "$left_commands" ]; then
+  fail "purge-commands: $(echo $left_commands)"
+else
+  ok "purge-commands: no kubeadm, kubelet, kubectl, containerd, ctr or runc on the PATH"
+fi
 finish
