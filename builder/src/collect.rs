@@ -8,7 +8,7 @@
 //! tree gives the same bundle on any machine: directories 0755, files 0755 when their owner
 //! may execute them and 0644 otherwise, owner root.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -51,6 +51,8 @@ pub struct Walk {
     skip_arch: Vec<bool>,
     stack: Vec<Frame>,
     first_names: HashMap<(u64, u64), String>,
+    /// Disk paths left out.
+    except: HashSet<PathBuf>,
 }
 
 /// A directory being walked: its children, sorted by name, and how far the walk has come.
@@ -78,7 +80,14 @@ pub fn walk(root: &Path, arch: Arch) -> Result<Walk> {
 /// Starts a walk of `layers` merged, for `arch`. Top-level architecture folders of a layer
 /// placed at the root are left out, and the one for `arch` is laid over everything, as
 /// sealer's `COPY amd64 .` does.
-pub fn walk_layers(mut layers: Vec<Layer>, arch: Arch) -> Result<Walk> {
+pub fn walk_layers(layers: Vec<Layer>, arch: Arch) -> Result<Walk> {
+    walk_layers_except(layers, arch, HashSet::new())
+}
+
+/// [`walk_layers`], leaving out the files and directories of the layers at the disk paths
+/// `except` (the image archives imported into `registry/`: their bytes would be in the bundle
+/// twice).
+pub fn walk_layers_except(mut layers: Vec<Layer>, arch: Arch, except: HashSet<PathBuf>) -> Result<Walk> {
     for layer in &layers {
         fs::symlink_metadata(&layer.source).map_err(Error::io("read", &layer.source))?;
     }
@@ -99,7 +108,7 @@ pub fn walk_layers(mut layers: Vec<Layer>, arch: Arch) -> Result<Walk> {
         .collect();
     skip_arch.extend(overlays.iter().map(|_| false));
     layers.extend(overlays);
-    let mut walk = Walk { skip_arch, stack: Vec::new(), first_names: HashMap::new(), layers };
+    let mut walk = Walk { skip_arch, stack: Vec::new(), first_names: HashMap::new(), layers, except };
     let all: Vec<usize> = (0..walk.layers.len()).collect();
     let frame = walk.list("", &all)?;
     walk.stack.push(frame);
@@ -153,6 +162,9 @@ impl Walk {
                             reason: "its name is not valid UTF-8".into(),
                         });
                     };
+                    if self.except.contains(&full) {
+                        continue;
+                    }
                     let meta = fs::symlink_metadata(&full).map_err(Error::io("read", &full))?;
                     if self.skip_arch[index]
                         && prefix.is_empty()

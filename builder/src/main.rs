@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 ok, 1 failed, 2 usage, 3 not trusted or corrupt, 130 interrupted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -413,19 +413,23 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
         // Image archives in images/ go into the bundle's registry/.
         let registry = args.out.join(format!(".kubeferry-archives-{arch}"));
         unpacked.push(registry.clone());
-        if import_archives(&layers, arch, &registry, term)? {
+        let archives = import_archives(&layers, arch, &registry, term)?;
+        if !archives.is_empty() {
             layers.push(collect::Layer { source: registry, at: "registry".into() });
         }
         let images = bundle_images(args, arch, &mut layers, &mut unpacked, &mut counters, term)?;
-        prepared.push((arch, layers, image, images));
+        prepared.push((arch, layers, archives, image, images));
     }
     if counters.blobs_fetched + counters.cache_hits > 0 {
         term.say(&format!("images: {}", describe_counters(&counters)));
     }
-    for ((arch, layers, image, images), (stub_path, stub_bytes)) in prepared.into_iter().zip(&stubs) {
+    for ((arch, layers, archives, image, images), (stub_path, stub_bytes)) in prepared.into_iter().zip(&stubs)
+    {
         // A first walk reads no content: it finds what cannot be packed before anything is
         // written, learns what the tree says about itself, and gives the progress bar its total.
-        let (_, unpacked_size, facts) = collect::measure(collect::walk_layers(layers.clone(), arch)?)?;
+        // The imported archives are left out: their images are in registry/.
+        let walk = || collect::walk_layers_except(layers.clone(), arch, archives.clone());
+        let (_, unpacked_size, facts) = collect::measure(walk()?)?;
         let label = |names: &[&str]| names.iter().find_map(|n| image.labels.get(*n).cloned());
         let spec = Spec {
             kubernetes_version: args
@@ -443,7 +447,7 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
             ..Spec::new(&args.name, &args.version, arch)
         };
         term.say(&format!("building {} with stub '{}'", spec.file_name(), stub_path.display()));
-        let entries = collect::walk_layers(layers, arch)?;
+        let entries = walk()?;
         let packed = pack::pack(stub_bytes, entries, unpacked_size, &spec, key.as_ref(), &args.out, term)?;
         let m = &packed.manifest;
         term.say(&format!(
@@ -635,15 +639,15 @@ fn from_images(
 }
 
 /// Imports the image archives of the `images/` (and `ARCH/images/`) of every layer placed at
-/// the root into `registry`; true when any image was imported.
+/// the root into `registry`; gives the archives imported.
 fn import_archives(
     layers: &[collect::Layer],
     arch: Arch,
     registry: &Path,
     term: &Terminal,
-) -> Result<bool, Error> {
+) -> Result<HashSet<PathBuf>, Error> {
     let _ = std::fs::remove_dir_all(registry);
-    let mut count = 0;
+    let mut archives = HashSet::new();
     for layer in layers {
         let dirs = match layer.at.as_str() {
             "" => vec![layer.source.join("images"), layer.source.join(arch.name()).join("images")],
@@ -660,10 +664,10 @@ fn import_archives(
                     image.archive.display()
                 ));
             }
-            count += imported.len();
+            archives.extend(imported.into_iter().map(|image| image.archive));
         }
     }
-    Ok(count > 0)
+    Ok(archives)
 }
 
 /// Checks a FROM bundle against the trusted keys and unpacks it beside the output, for the

@@ -8,6 +8,15 @@ pub trait Reporter: Send + Sync {
     fn advance(&self, _bytes: u64) {}
     /// The current step is finished.
     fn end(&self) {}
+    /// A part of the current step starts (an image of a pull): `id` names it in the calls that
+    /// follow, `total` is its size in bytes. Its bytes count in the step's [`advance`] too.
+    ///
+    /// [`advance`]: Reporter::advance
+    fn part_begin(&self, _id: usize, _label: &str, _total: u64) {}
+    /// `bytes` more of part `id` are done.
+    fn part_advance(&self, _id: usize, _bytes: u64) {}
+    /// Part `id` is finished.
+    fn part_end(&self, _id: usize) {}
     /// A line about work under way that prints no progress of its own: a command's output as it
     /// comes, or how long it has been running.
     fn note(&self, _line: &str) {}

@@ -544,6 +544,10 @@ fn image_archives_in_images_are_served_from_the_bundles_registry() {
         .map(|i| format!("{}:{}", i.repository, i.tag))
         .collect();
     assert_eq!(listed, ["library/saved:v1", "team/oci-app:v2"]);
+    // The imported archives are in registry/ only, not packed a second time as they are; the
+    // archive of another architecture's image and the image list stay.
+    assert!(!to.join("images/saved.tar").exists() && !to.join("images/oci-app").exists());
+    assert!(to.join("images/other-arch.tar").is_file() && to.join("images/shim/imageList").is_file());
     assert!(!fs::read_dir(&out).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with('.')));
 
     // kubeferry's registry serves them to skopeo.

@@ -188,6 +188,66 @@ fn a_second_pull_is_served_from_the_cache() {
     eprintln!("first {c1:?}\nsecond {c2:?}\narm64 {c3:?}");
 }
 
+/// Records the progress a pull reports: the step's bytes and each part's.
+#[derive(Default)]
+struct Recorder {
+    events: std::sync::Mutex<Vec<(String, usize, u64)>>,
+}
+
+impl kubeferry_installer::progress::Reporter for Recorder {
+    fn begin(&self, step: &str, total: u64) {
+        self.events.lock().unwrap().push((format!("begin {step}"), 0, total));
+    }
+    fn advance(&self, bytes: u64) {
+        self.events.lock().unwrap().push(("advance".into(), 0, bytes));
+    }
+    fn part_begin(&self, id: usize, label: &str, total: u64) {
+        self.events.lock().unwrap().push((format!("part_begin {label}"), id, total));
+    }
+    fn part_advance(&self, id: usize, bytes: u64) {
+        self.events.lock().unwrap().push(("part_advance".into(), id, bytes));
+    }
+    fn part_end(&self, id: usize) {
+        self.events.lock().unwrap().push(("part_end".into(), id, 0));
+    }
+}
+
+#[test]
+fn each_image_reports_its_own_progress() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_source, addr) = docker_registry(dir, &f.storage);
+    // v1 and v2 are one image: its blobs are v1's part (the first to need them), v2 has none.
+    let refs = [
+        reference(addr, "library/app:v1"),
+        reference(addr, "library/app:v2"),
+        reference(addr, "library/multi:v1"),
+    ];
+    let recorder = Recorder::default();
+    let puller = Puller::new(options(&dir.join("cache"), &["amd64"])).unwrap();
+    let pulled = puller.pull(&refs, &dir.join("out"), &recorder).unwrap();
+    assert_eq!(pulled.len(), 3);
+    let events = recorder.events.into_inner().unwrap();
+    let step_total = events.iter().find(|(e, _, _)| e.starts_with("begin fetching")).unwrap().2;
+    let advanced: u64 = events.iter().filter(|(e, _, _)| e == "advance").map(|(_, _, n)| n).sum();
+    assert_eq!(advanced, step_total);
+    let begun: Vec<(&str, usize, u64)> = events
+        .iter()
+        .filter_map(|(e, id, total)| e.strip_prefix("part_begin ").map(|label| (label, *id, *total)))
+        .collect();
+    let labels: Vec<&str> = begun.iter().map(|(label, _, _)| *label).collect();
+    assert_eq!(labels, [format!("{addr}/library/app:v1"), format!("{addr}/library/multi:v1")], "{events:?}");
+    assert_eq!(begun.iter().map(|(_, _, total)| total).sum::<u64>(), step_total);
+    for (label, id, total) in begun {
+        let part: u64 =
+            events.iter().filter(|(e, i, _)| e == "part_advance" && *i == id).map(|(_, _, n)| n).sum();
+        assert_eq!(part, total, "{label}");
+        let ends = events.iter().filter(|(e, i, _)| e == "part_end" && *i == id).count();
+        assert_eq!(ends, 1, "{label} ends once");
+    }
+}
+
 #[test]
 fn several_platforms_keep_the_index() {
     let f = fixture();

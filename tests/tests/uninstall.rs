@@ -20,6 +20,15 @@ fn config() -> InstallConfig {
     }
 }
 
+/// Unmounts whatever is still mounted below a test root when the test ends, failed or not.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = kubeferry_installer::mounts::unmount_below(&self.0);
+    }
+}
+
 #[test]
 fn uninstall_purge_leaves_the_host_as_it_was_and_finishes_when_run_again() {
     let tmp = tempfile::tempdir().unwrap();
@@ -49,6 +58,7 @@ fn uninstall_purge_leaves_the_host_as_it_was_and_finishes_when_run_again() {
         "run/containerd/io.containerd.grpc.v1.cri/sandboxes/5e1f/shm",
         "var/lib/kubelet/pods/0c2e/volumes/kubernetes.io~projected/kube-api-access",
     ];
+    let _unmount = Unmount(host.root.clone());
     for dir in mounted {
         fs::create_dir_all(host.root.join(dir)).unwrap();
         ok(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(host.root.join(dir)));

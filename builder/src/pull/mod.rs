@@ -24,7 +24,7 @@ pub mod store;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -167,6 +167,13 @@ struct Fetched {
     media_type: String,
     parsed: Parsed,
     size: u64,
+}
+
+/// An image's part of a fetch: the blobs it is the first to need.
+struct Part {
+    total: u64,
+    left: AtomicUsize,
+    started: AtomicBool,
 }
 
 /// What one reference needs, resolved.
@@ -473,8 +480,24 @@ impl Puller {
         reporter: &dyn Reporter,
     ) -> Result<BTreeMap<String, PathBuf>, PullError> {
         let jobs = self.jobs();
-        let queue: Mutex<VecDeque<(String, u64, usize)>> =
-            Mutex::new(wanted.into_iter().map(|(d, (size, i))| (d, size, i)).collect());
+        // Image by image, so that a few images are under way at a time, each with its part of
+        // the progress: the blobs it is the first to need.
+        let mut queue: Vec<(String, u64, usize)> =
+            wanted.into_iter().map(|(d, (size, i))| (d, size, i)).collect();
+        queue.sort_by_key(|(_, _, i)| *i);
+        let parts: Vec<Part> = plans
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let mine = queue.iter().filter(|(_, _, image)| *image == i);
+                Part {
+                    total: mine.clone().map(|(_, size, _)| size).sum(),
+                    left: AtomicUsize::new(mine.count()),
+                    started: AtomicBool::new(false),
+                }
+            })
+            .collect();
+        let queue: Mutex<VecDeque<(String, u64, usize)>> = Mutex::new(queue.into());
         let done: Mutex<BTreeMap<String, PathBuf>> = Mutex::default();
         let failed: Mutex<Option<PullError>> = Mutex::default();
         let stop = AtomicBool::new(false);
@@ -485,7 +508,14 @@ impl Puller {
                         let next = queue.lock().unwrap_or_else(PoisonError::into_inner).pop_front();
                         let Some((digest, size, i)) = next else { break };
                         let plan = &plans[i];
-                        let progress = |n: u64| reporter.advance(n);
+                        let part = &parts[i];
+                        if !part.started.swap(true, Ordering::Relaxed) {
+                            reporter.part_begin(i, &plan.reference.to_string(), part.total);
+                        }
+                        let progress = |n: u64| {
+                            reporter.advance(n);
+                            reporter.part_advance(i, n);
+                        };
                         let fetched = if self.cancelled() {
                             Err(PullError::Interrupted)
                         } else {
@@ -503,6 +533,9 @@ impl Puller {
                         match fetched {
                             Ok(path) => {
                                 done.lock().unwrap_or_else(PoisonError::into_inner).insert(digest, path);
+                                if part.left.fetch_sub(1, Ordering::Relaxed) == 1 {
+                                    reporter.part_end(i);
+                                }
                             }
                             Err(e) => {
                                 stop.store(true, Ordering::Relaxed);

@@ -2,13 +2,14 @@
 //! (bars on a terminal, one plain line per step otherwise), the one error renderer
 //! (`error:` / `caused by:` / `hint:`), and Ctrl-C handling that lets work clean up.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::io::IsTerminal;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kubeferry_installer::error::human_bytes;
 use kubeferry_installer::progress::Reporter;
 
@@ -26,7 +27,14 @@ struct Step {
     total: u64,
     started: Instant,
     bar: Option<ProgressBar>,
+    /// The bars of the step and of its parts, on a terminal.
+    multi: Option<MultiProgress>,
+    /// The parts under way: label, total, and their bar on a terminal.
+    parts: HashMap<usize, (String, u64, Option<ProgressBar>)>,
 }
+
+/// The style of a part's bar: indented under its step's, the label cut to fit.
+const PART_TEMPLATE: &str = "  {msg:40!} [{bar:20}] {binary_bytes}/{binary_total_bytes}";
 
 impl Terminal {
     /// A reporter: bars when stderr is a terminal, plain lines otherwise, nothing when quiet.
@@ -47,8 +55,9 @@ impl Reporter for Terminal {
         if self.quiet {
             return;
         }
-        let bar = if self.bars {
-            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        let multi = self.bars.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        let bar = if let Some(multi) = &multi {
+            let bar = multi.add(ProgressBar::new(total));
             let style = ProgressStyle::with_template(
                 "{msg:>8} [{bar:32}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
             )
@@ -63,7 +72,51 @@ impl Reporter for Terminal {
             None
         };
         if let Ok(mut state) = self.state.lock() {
-            *state = Some(Step { name: step.to_string(), total, started: Instant::now(), bar });
+            *state = Some(Step {
+                name: step.to_string(),
+                total,
+                started: Instant::now(),
+                bar,
+                multi,
+                parts: HashMap::new(),
+            });
+        }
+    }
+
+    fn part_begin(&self, id: usize, label: &str, total: u64) {
+        let Ok(mut state) = self.state.lock() else { return };
+        let Some(step) = state.as_mut() else { return };
+        let bar = step.multi.as_ref().map(|multi| {
+            let bar = multi.add(ProgressBar::new(total));
+            let style = ProgressStyle::with_template(PART_TEMPLATE)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_message(label.to_string());
+            bar
+        });
+        step.parts.insert(id, (label.to_string(), total, bar));
+    }
+
+    fn part_advance(&self, id: usize, bytes: u64) {
+        if let Ok(state) = self.state.lock()
+            && let Some((_, _, Some(bar))) = state.as_ref().and_then(|s| s.parts.get(&id))
+        {
+            bar.inc(bytes);
+        }
+    }
+
+    fn part_end(&self, id: usize) {
+        let Ok(mut state) = self.state.lock() else { return };
+        let Some(step) = state.as_mut() else { return };
+        let Some((label, total, bar)) = step.parts.remove(&id) else { return };
+        match (bar, &step.multi) {
+            (Some(bar), Some(multi)) => {
+                bar.finish_and_clear();
+                multi.remove(&bar);
+            }
+            // Without a terminal, a line per part: a log shows what was done.
+            _ => eprintln!("  {label}: {}", human_bytes(total)),
         }
     }
 
@@ -77,7 +130,7 @@ impl Reporter for Terminal {
 
     fn end(&self) {
         let Some(step) = self.state.lock().ok().and_then(|mut s| s.take()) else { return };
-        if let Some(bar) = step.bar {
+        for bar in step.parts.into_values().filter_map(|(_, _, bar)| bar).chain(step.bar) {
             bar.finish_and_clear();
         }
         let secs = step.started.elapsed().as_secs_f64();
