@@ -229,6 +229,18 @@ pub fn example_rootfs() -> &'static Path {
     })
 }
 
+/// Whether `child` ended at once because exec found its program busy ("Text file busy"):
+/// watched for at most 300 ms, after which a program that runs has got past its exec.
+fn exec_was_busy(child: &mut std::process::Child, log: &Path) -> bool {
+    for _ in 0..30 {
+        if child.try_wait().unwrap().is_some() {
+            return fs::read_to_string(log).unwrap_or_default().contains("Text file busy");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
 /// A target host kept below a root directory, for tests. Paths map below the root; commands
 /// run as they are. It stands in for systemd and for the kernel, and only for them: starting a
 /// unit runs the unit file's `ExecStart` (as the install wrote it) in a private mount
@@ -314,15 +326,27 @@ impl kubeferry_installer::host::Host for RootedHost {
             .map(|assignment| assignment.trim_matches('"'))
             .filter_map(|assignment| assignment.split_once('='))
             .collect();
-        let out = fs::File::create(Self::logs_of(&self.root).join(format!("{unit}.log"))).unwrap();
-        let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--"])
-            .args(&argv)
-            .envs(env)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start {unit}: {e}"));
+        let log = Self::logs_of(&self.root).join(format!("{unit}.log"));
+        // The program was written a moment ago: a process forked meanwhile by another test's
+        // thread holds the written file's descriptor until it execs, and exec fails with "Text
+        // file busy" (ETXTBSY) until then. systemd, a process of its own, never meets this.
+        let mut attempt = 0;
+        let child = loop {
+            let out = fs::File::create(&log).unwrap();
+            let mut child = Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "--"])
+                .args(&argv)
+                .envs(env.iter().copied())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .unwrap_or_else(|e| panic!("could not start {unit}: {e}"));
+            attempt += 1;
+            if attempt == 10 || !exec_was_busy(&mut child, &log) {
+                break child;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
         kubeferry_installer::host::Host::log(self, &format!("started {unit}: {exec}"));
         self.services.lock().unwrap().push((unit.to_string(), child));
         Ok(())

@@ -843,3 +843,78 @@ fn a_real_arm64_bundle_verifies_lists_and_extracts_under_emulation() {
     assert_eq!(code, EXIT_UNTRUSTED, "{stderr}");
     assert!(stderr.contains("payload chunk 0 is corrupt"), "{stderr}");
 }
+
+/// The executables of a rootfs's `bin/` and of its `cri/containerd.tar.gz`, each with the
+/// architecture its ELF header names.
+fn executables(rootfs: &Path) -> Vec<(String, Result<Arch, String>)> {
+    let arch_of = |bytes: &[u8]| Arch::of_elf(bytes).map_err(|e| e.to_string());
+    let mut found: Vec<(String, Result<Arch, String>)> = fs::read_dir(rootfs.join("bin"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            (format!("bin/{}", p.file_name().unwrap().to_string_lossy()), arch_of(&fs::read(&p).unwrap()))
+        })
+        .collect();
+    let tarball = fs::File::open(rootfs.join("cri/containerd.tar.gz")).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tarball));
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.header().entry_type().is_file() {
+            let name = format!("cri/containerd.tar.gz:{}", entry.path().unwrap().display());
+            let mut head = vec![0u8; 64];
+            std::io::Read::read_exact(&mut entry, &mut head).unwrap();
+            found.push((name, arch_of(&head)));
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+/// The example rootfs (Debian's containerd, runc, conntrack, socat, ethtool for both
+/// architectures) as an arm64 bundle: its stub and every binary it carries are aarch64 ELF
+/// files, and the stub verifies, lists and extracts it under qemu-user.
+#[test]
+fn the_example_rootfs_as_an_arm64_bundle_carries_arm64_binaries() {
+    let qemu = Path::new("/usr/bin/qemu-aarch64-static");
+    assert!(qemu.exists(), "qemu-aarch64-static is needed: run packaging/cross-setup.sh");
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(tmp.path(), "release");
+    let out = tmp.path().join("dist");
+    ok(kubeferry()
+        .args(["build", "--no-pull", "--allow-missing-images", "--name", "example", "--version", "v1"])
+        .args(["--arch", "arm64", "--key"])
+        .arg(&key)
+        .arg(format!("--stub=arm64={}", arm64_stub_bin().display()))
+        .arg("-o")
+        .arg(&out)
+        .arg(example_rootfs()));
+    let bundle = out.join("example-v1-linux-arm64.run");
+    assert_eq!(Arch::of_elf(&fs::read(&bundle).unwrap()), Ok(Arch::Arm64), "the stub at its head");
+    let emulated = |args: &[&str]| {
+        let mut cmd = Command::new(qemu);
+        cmd.arg(&bundle).args(args).arg("--trusted-key").arg(&public);
+        cmd.env("KUBEFERRY_TRUSTED_KEYS_DIR", "/nonexistent");
+        cmd
+    };
+    ok(&mut emulated(&["verify"]));
+    let listed = ok(&mut emulated(&["list"]));
+    assert!(listed.contains("cri/containerd.tar.gz") && listed.contains("bin/conntrack"), "{listed}");
+    let target = tmp.path().join("x");
+    ok(&mut emulated(&["extract", "--to", target.to_str().unwrap()]));
+    let found = executables(&target);
+    let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+    for wanted in [
+        "bin/conntrack",
+        "bin/socat",
+        "cri/containerd.tar.gz:bin/containerd",
+        "cri/containerd.tar.gz:bin/runc",
+    ] {
+        assert!(names.contains(&wanted), "{wanted} in {names:?}");
+    }
+    let wrong: Vec<_> = found.iter().filter(|(_, arch)| arch != &Ok(Arch::Arm64)).collect();
+    assert!(wrong.is_empty(), "not arm64 ELF files: {wrong:?}");
+    // The amd64 bundle of the same rootfs carries the other architecture's binaries.
+    let amd64 = executables(&example_rootfs().join("amd64"));
+    assert!(amd64.iter().all(|(_, arch)| arch == &Ok(Arch::Amd64)), "{amd64:?}");
+}
