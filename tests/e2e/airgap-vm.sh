@@ -79,6 +79,7 @@ READY_DEADLINE=$ready_deadline
 POD_DEADLINE=600
 INSTALL_TIMEOUT=$install_timeout
 POWEROFF_AT="$poweroff_at"
+REGISTRY_PASSWORD=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
 ENV
 disk_mib=$(( $(du -sm "$run/disk" | cut -f1) + 512 ))
 mkfs.ext4 -q -F -L kubeferry-test -d "$run/disk" "$run/test.img" "${disk_mib}M"

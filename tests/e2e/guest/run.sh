@@ -20,7 +20,12 @@ echo "$boot" >/test/boots
 mkdir -p "$R"
 exec >>"$R/run.log" 2>&1
 set -x
-source /test/params.env          # BUNDLE, ADVERTISE, READY_DEADLINE, POD_DEADLINE, INSTALL_TIMEOUT, POWEROFF_AT
+source /test/params.env          # BUNDLE, ADVERTISE, READY_DEADLINE, POD_DEADLINE, INSTALL_TIMEOUT, POWEROFF_AT, REGISTRY_PASSWORD
+# The bundled registry asks for credentials (htpasswd): every image the kubelet pulls through
+# containerd's CRI, the control plane's and the test pod's, must come with them. The password
+# goes by the environment, not on the command line.
+export KUBEFERRY_REGISTRY_PASSWORD="$REGISTRY_PASSWORD"
+install_args=(--trusted-key release.pub --advertise-address "$ADVERTISE" --registry-username kubeferry)
 read -r -a poweroffs <<<"${POWEROFF_AT:-}"
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 mark() { echo "$1 $(uptime_s)" >>"$R/timings"; }
@@ -113,7 +118,7 @@ if [ "$boot" = 1 ]; then
   mark verify-end
   [ $rc -eq 0 ] && ok "verify" || { fail "verify: exit $rc: $(tail -3 "$R/verify.out" | tr '\n' ' ')"; finish; }
 
-  ./"$BUNDLE" install --trusted-key release.pub --advertise-address "$ADVERTISE" --dry-run >"$R/plan.out" 2>&1
+  ./"$BUNDLE" install "${install_args[@]}" --dry-run >"$R/plan.out" 2>&1
 fi
 
 install_log() { ls /var/lib/kubeferry/*/install.log 2>/dev/null | head -1; }
@@ -125,7 +130,7 @@ if [ "$boot" -le "${#poweroffs[@]}" ]; then
   step=${at%%+*}; secs=${at#*+}; [ "$secs" = "$at" ] && secs=0
   before=$(log_lines)
   mark "install-start-$boot"
-  { ./"$BUNDLE" install --trusted-key release.pub --advertise-address "$ADVERTISE" 2>&1; echo "exit $?"; } |
+  { ./"$BUNDLE" install "${install_args[@]}" 2>&1; echo "exit $?"; } |
     stamp >"$R/install-boot$boot.out" &
   # The install log may not exist yet; the step's line must come from this boot's run.
   set +x
@@ -154,7 +159,7 @@ fi
 # 5b. install (or its resumption after the power-offs), each output line stamped
 before=$(log_lines)
 mark install-start
-{ timeout -k 30 "$INSTALL_TIMEOUT" ./"$BUNDLE" install --trusted-key release.pub --advertise-address "$ADVERTISE" 2>&1; echo "exit $?"; } |
+{ timeout -k 30 "$INSTALL_TIMEOUT" ./"$BUNDLE" install "${install_args[@]}" 2>&1; echo "exit $?"; } |
   stamp | tee "$R/install.out" >"$console"
 mark install-end
 rc=$(tail -1 "$R/install.out" | awk '{print $3}')
@@ -235,9 +240,17 @@ kubectl describe pod bundle-image-test >>"$R/test-pod.out" 2>&1
 if [ "$phase" = Succeeded ] && grep -q 'v1.20.2' "$R/test-pod.out"; then ok "test-pod: Succeeded, $(kubectl logs bundle-image-test 2>&1)"
 else fail "test-pod: phase '$phase'"; fi
 
+# The registry refuses a request without credentials: the pulls above gave them.
+anonymous=$( (set +x; exec 3<>/dev/tcp/sea.hub/5000 && printf 'GET /v2/ HTTP/1.0\r\nHost: sea.hub:5000\r\n\r\n' >&3 &&
+  head -1 <&3 | tr -d '\r') 2>&1)
+case "$anonymous" in
+  *" 401 "*) ok "registry-auth: GET /v2/ without credentials: $anonymous; the kubelet's pulls through the CRI gave them" ;;
+  *) fail "registry-auth: GET /v2/ without credentials answered '$anonymous'" ;;
+esac
+
 # 9. install again on a finished node: nothing changes.
 cp /var/lib/kubeferry/*/state.json "$R/state-before-rerun.json" 2>/dev/null
-./"$BUNDLE" install --trusted-key release.pub --advertise-address "$ADVERTISE" >"$R/install-again.out" 2>&1; rc=$?
+./"$BUNDLE" install "${install_args[@]}" >"$R/install-again.out" 2>&1; rc=$?
 mark install-again-end
 if [ $rc = 0 ] && cmp -s "$R/state-before-rerun.json" /var/lib/kubeferry/*/state.json; then ok "install-again: exit 0, state unchanged"
 else fail "install-again: exit $rc, state $(cmp -s "$R/state-before-rerun.json" /var/lib/kubeferry/*/state.json && echo unchanged || echo changed)"; fi
