@@ -70,18 +70,11 @@ pub fn discover_files(files: &[(String, PathBuf)]) -> Result<Found> {
     let group =
         |shown: &str| ["manifests/", "charts/", "images/shim/"].iter().position(|g| shown.starts_with(g));
     files.sort_by(|a, b| (group(&a.0), &a.0).cmp(&(group(&b.0), &b.0)));
+    let scanned = scan_all(&files);
     let mut found = Found::new();
-    for (shown, file) in &files {
-        if shown.starts_with("manifests/") {
-            if shown.rsplit('/').next() == Some("imageList") {
-                list_file(file, shown, &mut found)?;
-            } else {
-                yaml_file(file, shown, &mut found)?;
-            }
-        } else if shown.starts_with("charts/") {
-            yaml_file(file, shown, &mut found)?;
-        } else if shown.starts_with("images/shim/") {
-            list_file(file, shown, &mut found)?;
+    for result in scanned {
+        for (reference, why) in result? {
+            add(&mut found, &reference, why);
         }
     }
     let kubeadm = KUBEADM_FILES.iter().find_map(|name| files.iter().find(|(shown, _)| shown == name));
@@ -149,6 +142,25 @@ fn files_below(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The images each file names, as (reference, place), in the order of `files`. One thread:
+/// more parse no faster here (the allocator has one arena, see kubeferry-term's
+/// `tune_allocator`) and hold more documents in memory at once.
+fn scan_all(files: &[&(String, PathBuf)]) -> Vec<Result<Vec<(String, String)>>> {
+    files.iter().map(|(shown, file)| scan_file(shown, file)).collect()
+}
+
+/// The images one file names: an image list, or YAML documents.
+fn scan_file(shown: &str, file: &Path) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let list = shown.starts_with("images/shim/") || shown.rsplit('/').next() == Some("imageList");
+    if list {
+        list_file(file, shown, &mut out)?;
+    } else if shown.starts_with("manifests/") || shown.starts_with("charts/") {
+        yaml_file(file, shown, &mut out)?;
+    }
+    Ok(out)
+}
+
 fn add(found: &mut Found, reference: &str, why: String) {
     let whys = found.entry(reference.to_string()).or_default();
     if !whys.contains(&why) {
@@ -157,7 +169,7 @@ fn add(found: &mut Found, reference: &str, why: String) {
 }
 
 /// One reference per line; blank lines and `#` comments skipped.
-fn list_file(file: &Path, shown: &str, found: &mut Found) -> Result<()> {
+fn list_file(file: &Path, shown: &str, found: &mut Vec<(String, String)>) -> Result<()> {
     let text = fs::read_to_string(file).map_err(Error::io("read", file))?;
     for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -170,36 +182,139 @@ fn list_file(file: &Path, shown: &str, found: &mut Found) -> Result<()> {
                 reason: format!("line {} holds more than one word: '{line}'", i + 1),
             });
         }
-        add(found, line, format!("{shown}:{}", i + 1));
+        found.push((line.to_string(), format!("{shown}:{}", i + 1)));
     }
     Ok(())
 }
 
-fn yaml_file(file: &Path, shown: &str, found: &mut Found) -> Result<()> {
+fn yaml_file(file: &Path, shown: &str, found: &mut Vec<(String, String)>) -> Result<()> {
     let bytes = fs::read(file).map_err(Error::io("read", file))?;
     for (n, document) in serde_yaml_ng::Deserializer::from_slice(&bytes).enumerate() {
-        let value = Value::deserialize(document).map_err(|e| Error::Images {
+        let scan = Scan::deserialize(document).map_err(|e| Error::Images {
             path: file.to_path_buf(),
             reason: format!("document {} is not valid YAML: {e}", n + 1),
         })?;
-        let name = describe(&value);
-        let mut path = Vec::new();
-        walk(&value, &mut path, &mut |reference, at| {
+        let name = match (&scan.kind, &scan.metadata_name) {
+            (Some(kind), Some(name)) => format!("{kind}/{name}"),
+            (Some(kind), None) => kind.clone(),
+            _ => String::new(),
+        };
+        for (reference, mut path) in scan.images {
+            path.reverse();
+            let at = path.join(".");
             let place = if name.is_empty() { at } else { format!("{name} {at}") };
-            add(found, reference, format!("{shown}: {place}"));
-        });
+            found.push((reference, format!("{shown}: {place}")));
+        }
     }
     Ok(())
 }
 
-/// `Kind/name` of a Kubernetes object, or nothing.
-fn describe(value: &Value) -> String {
-    let kind = value.get("kind").and_then(Value::as_str);
-    let name = value.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str);
-    match (kind, name) {
-        (Some(kind), Some(name)) => format!("{kind}/{name}"),
-        (Some(kind), None) => kind.to_string(),
-        _ => String::new(),
+/// What the image finder keeps of a YAML node, read as a stream (no tree of the document is
+/// built: a manifest of many megabytes costs the memory of its nesting, not of its size): the
+/// image references below it, each with its field path (innermost segment first), and the
+/// strings it needs to name places: the node's own text when it is a string, and its `name`,
+/// `kind` and `metadata.name` when it is a map.
+#[derive(Debug, Default)]
+struct Scan {
+    images: Vec<(String, Vec<String>)>,
+    text: Option<String>,
+    name: Option<String>,
+    kind: Option<String>,
+    metadata_name: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Scan {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Scan, D::Error> {
+        deserializer.deserialize_any(ScanVisitor)
+    }
+}
+
+struct ScanVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ScanVisitor {
+    type Value = Scan;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any YAML node")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Scan, E> {
+        Ok(Scan::default())
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Scan, E> {
+        Ok(Scan::default())
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Scan, E> {
+        Ok(Scan::default())
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Scan, E> {
+        Ok(Scan::default())
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Scan, E> {
+        Ok(Scan::default())
+    }
+    fn visit_str<E>(self, text: &str) -> std::result::Result<Scan, E> {
+        Ok(Scan { text: Some(text.to_string()), ..Scan::default() })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Scan, A::Error> {
+        let mut scan = Scan::default();
+        let mut i = 0usize;
+        while let Some(item) = seq.next_element::<Scan>()? {
+            if !item.images.is_empty() {
+                let label = format!("[{}]", item.name.unwrap_or_else(|| i.to_string()));
+                for (reference, mut path) in item.images {
+                    path.push(label.clone());
+                    scan.images.push((reference, path));
+                }
+            }
+            i += 1;
+        }
+        Ok(scan)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Scan, A::Error> {
+        let mut scan = Scan::default();
+        while let Some(key) = map.next_key::<Scan>()? {
+            let Some(key) = key.text else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            };
+            if key == "image" {
+                // Small as a rule: a reference, or a map of Helm values.
+                let value: Value = map.next_value()?;
+                let mut report =
+                    |reference: &str, at: String| scan.images.push((reference.to_string(), vec![at]));
+                match &value {
+                    Value::String(reference) if looks_like_reference(reference) => report(reference, key),
+                    Value::Mapping(_) => match helm_image(&value) {
+                        Some(reference) => report(&reference, key),
+                        None => walk(&value, &mut vec![key], &mut report),
+                    },
+                    _ => {}
+                }
+                continue;
+            }
+            let child: Scan = map.next_value()?;
+            match key.as_str() {
+                "name" => scan.name = child.text.clone(),
+                "kind" => scan.kind = child.text.clone(),
+                "metadata" => scan.metadata_name = child.name.clone(),
+                _ => {}
+            }
+            for (reference, mut path) in child.images {
+                path.push(key.clone());
+                scan.images.push((reference, path));
+            }
+        }
+        Ok(scan)
+    }
+
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> std::result::Result<Scan, A::Error> {
+        // A tagged node (`!tag value`): what matters is the value.
+        use serde::de::VariantAccess as _;
+        let (_, variant) = data.variant::<serde::de::IgnoredAny>()?;
+        variant.newtype_variant::<Scan>()
     }
 }
 
@@ -360,6 +475,13 @@ mod tests {
             "# control plane extras\n\nregistry.k8s.io/pause:3.6  # sandbox\nbusybox:1.36\n",
         );
         write(r, "manifests/notes.txt", "image: not-read:1\n");
+        // A name after the image, metadata after the spec, an image map that is no Helm value.
+        write(
+            r,
+            "manifests/late.yaml",
+            "kind: Pod\nspec:\n  containers:\n  - image: late:1\n    name: after\n  - image: {spec: {image: deep:2}}\n\
+             metadata: {name: q}\n",
+        );
         write(
             r,
             "charts/ingress/values.yaml",
@@ -382,7 +504,9 @@ mod tests {
                 "docker.io/calico/node:v3.26.1",
                 "docker.io/library/alpine:3",
                 "docker.io/library/busybox:1.36",
+                "docker.io/library/deep:2",
                 "docker.io/library/defaultbackend@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                "docker.io/library/late:1",
                 "docker.io/library/nginx@sha256:0000000000000000000000000000000000000000000000000000000000000000",
                 "ghcr.io/a/b:2",
                 "quay.io/x/y:1",
@@ -405,6 +529,14 @@ mod tests {
             ]
         );
         assert_eq!(found["quay.io/x/y:1"], ["manifests/app.yaml: List items.[0].spec.containers.[c].image"]);
+        assert_eq!(
+            found["docker.io/library/late:1"],
+            ["manifests/late.yaml: Pod/q spec.containers.[after].image"]
+        );
+        assert_eq!(
+            found["docker.io/library/deep:2"],
+            ["manifests/late.yaml: Pod/q spec.containers.[1].image.spec.image"]
+        );
         assert_eq!(
             found["docker.io/calico/node:v3.26.1"],
             ["manifests/app.yaml: Installation/default spec.calicoNetwork.image"]

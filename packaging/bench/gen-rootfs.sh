@@ -19,7 +19,7 @@
 set -euo pipefail
 export LC_ALL=C
 
-GENERATOR_VERSION=1
+GENERATOR_VERSION=3
 here="$(cd "$(dirname "$0")" && pwd)"
 
 if [ $# -ne 3 ]; then

@@ -76,11 +76,15 @@ function describe(ind,    p, n, i, line, words) {
     if (line != "") out(ind "  " line)
 }
 
-function schema(ind, depth,    n, i, t, name) {
+# A mapping's keys are unique (YAML requires it; kubectl and kubeferry's image finder refuse a
+# duplicate): a name drawn twice is skipped.
+function schema(ind, depth,    n, i, t, name, seen) {
     n = 2 + ri(6)
     out(ind "properties:")
     for (i = 0; i < n; i++) {
         name = camel(1 + ri(3))
+        if (name in seen) continue
+        seen[name] = 1
         out(ind "  " name ":")
         describe(ind "    ")
         t = ri(10)
@@ -284,14 +288,23 @@ function workload(    name, ns, t, i, n) {
     }
 }
 
-function values(    i, n, j) {
+# One values file is one mapping: its top-level keys (VALUES_KEYS, emptied per file) are unique.
+function values(    i, n, j, key, inner) {
     n = 3 + ri(8)
     for (i = 0; i < n; i++) {
         out("# " sentence())
-        out(camel(1 + ri(2)) ":")
+        key = camel(1 + ri(2))
+        if (key in VALUES_KEYS) key = key length(VALUES_KEYS)
+        VALUES_KEYS[key] = 1
+        out(key ":")
+        split("", inner)
+        inner["image"] = 1
         for (j = 0; j < 2 + ri(6); j++) {
             out("  # " sentence())
-            out("  " camel(1 + ri(2)) ": " ((ri(3)) ? ri(10000) : "\"" kebab(1 + ri(2)) "\""))
+            key = camel(1 + ri(2))
+            if (key in inner) key = key j
+            inner[key] = 1
+            out("  " key ": " ((ri(3)) ? ri(10000) : "\"" kebab(1 + ri(2)) "\""))
         }
         out("  image:")
         out("    repository: registry.local/" kebab(1) "/" kebab(1 + ri(2)))
@@ -390,6 +403,7 @@ BEGIN {
     PATH = $3
     S = ($4 % 2147483646) + 1
     BYTES = 0
+    split("", VALUES_KEYS)
     if (KIND == "crd" || KIND == "k8s") { out("# Source: " kebab(2) "/templates/" kebab(1) ".yaml") }
     if (KIND == "sh") { out("#!/usr/bin/env bash"); out("set -euo pipefail") }
     if (KIND == "md") { out("# " cap(kebab(2))) }
