@@ -6,7 +6,8 @@
 //!   field named `image` that holds a string (containers, initContainers, ephemeralContainers
 //!   of any workload, and whatever a CRD calls `image`), or a map of `registry`, `repository`,
 //!   `tag` and `digest` as Helm values write it; and every file named `imageList`;
-//! - `charts/`: every chart's `values.yaml`, read the same way;
+//! - `charts/`: every chart's `values.yaml`, read the same way, and, when a `helm` binary is
+//!   on the PATH, the manifests `helm template` renders from each chart (`charts/NAME/Chart.yaml`);
 //! - `images/shim/`: sealos's lists of images that nothing else names;
 //! - the kubeadm configuration in `etc/` (ClusterConfiguration `imageRepository` and
 //!   `kubernetesVersion`): the control plane images kubeadm will ask for.
@@ -55,6 +56,7 @@ pub fn is_source(path: &str) -> bool {
     (path.starts_with("manifests/")
         && (name == "imageList" || has_extension(Path::new(name), &["yaml", "yml", "json"])))
         || (path.starts_with("charts/") && (name == "values.yaml" || name == "values.yml"))
+        || is_chart_file(path)
         || path.starts_with("images/shim/")
         || KUBEADM_FILES.contains(&path)
 }
@@ -64,13 +66,30 @@ pub fn is_source(path: &str) -> bool {
 /// read is the first of `etc/kubeadm.yml`, `etc/kubeadm.yaml`, `etc/kubeadm-config.yaml` and
 /// `etc/kubeadm-config.yml` given.
 pub fn discover_files(files: &[(String, PathBuf)]) -> Result<Found> {
+    discover_with(files, helm().as_deref())
+}
+
+/// `charts/NAME/Chart.yaml`: a chart `helm template` can render.
+fn is_chart_file(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    matches!(parts.as_slice(), ["charts", _, "Chart.yaml"])
+}
+
+/// The `helm` on the PATH, if any.
+fn helm() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join("helm")).find(|file| file.is_file())
+}
+
+/// [`discover_files`], rendering charts with `helm` when given.
+fn discover_with(files: &[(String, PathBuf)], helm: Option<&Path>) -> Result<Found> {
     let mut files: Vec<&(String, PathBuf)> = files.iter().filter(|(shown, _)| is_source(shown)).collect();
     // manifests/ first, then charts/ and images/shim/, each sorted: the places of an image are
     // listed in that order.
     let group =
         |shown: &str| ["manifests/", "charts/", "images/shim/"].iter().position(|g| shown.starts_with(g));
     files.sort_by(|a, b| (group(&a.0), &a.0).cmp(&(group(&b.0), &b.0)));
-    let scanned = scan_all(&files);
+    let scanned = scan_all(&files, helm);
     let mut found = Found::new();
     for result in scanned {
         for (reference, why) in result? {
@@ -145,20 +164,50 @@ fn files_below(dir: &Path) -> Result<Vec<PathBuf>> {
 /// The images each file names, as (reference, place), in the order of `files`. One thread:
 /// more parse no faster here (the allocator has one arena, see kubeferry-term's
 /// `tune_allocator`) and hold more documents in memory at once.
-fn scan_all(files: &[&(String, PathBuf)]) -> Vec<Result<Vec<(String, String)>>> {
-    files.iter().map(|(shown, file)| scan_file(shown, file)).collect()
+fn scan_all(files: &[&(String, PathBuf)], helm: Option<&Path>) -> Vec<Result<Vec<(String, String)>>> {
+    files.iter().map(|(shown, file)| scan_file(shown, file, helm)).collect()
 }
 
 /// The images one file names: an image list, or YAML documents.
-fn scan_file(shown: &str, file: &Path) -> Result<Vec<(String, String)>> {
+fn scan_file(shown: &str, file: &Path, helm: Option<&Path>) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     let list = shown.starts_with("images/shim/") || shown.rsplit('/').next() == Some("imageList");
-    if list {
+    if is_chart_file(shown) {
+        if let (Some(helm), Some(chart)) = (helm, file.parent()) {
+            helm_template(helm, shown.trim_end_matches("/Chart.yaml"), chart, &mut out)?;
+        }
+    } else if list {
         list_file(file, shown, &mut out)?;
     } else if shown.starts_with("manifests/") || shown.starts_with("charts/") {
         yaml_file(file, shown, &mut out)?;
     }
     Ok(out)
+}
+
+/// The images of the manifests `helm template` renders from the chart in `chart` (shown as
+/// `shown`), with the chart's default values: what the cluster gets when the chart is installed
+/// as it is.
+fn helm_template(helm: &Path, shown: &str, chart: &Path, found: &mut Vec<(String, String)>) -> Result<()> {
+    let release =
+        chart.file_name().map_or_else(|| "release".to_string(), |n| n.to_string_lossy().into_owned());
+    let output = std::process::Command::new(helm)
+        .arg("template")
+        .arg(&release)
+        .arg(chart)
+        .output()
+        .map_err(Error::io("run", helm))?;
+    if !output.status.success() {
+        return Err(Error::Images {
+            path: chart.to_path_buf(),
+            reason: format!(
+                "'{} template' failed ({}): {}",
+                helm.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    scan_yaml(&output.stdout, &format!("{shown} (helm template)"), chart, found)
 }
 
 fn add(found: &mut Found, reference: &str, why: String) {
@@ -189,7 +238,12 @@ fn list_file(file: &Path, shown: &str, found: &mut Vec<(String, String)>) -> Res
 
 fn yaml_file(file: &Path, shown: &str, found: &mut Vec<(String, String)>) -> Result<()> {
     let bytes = fs::read(file).map_err(Error::io("read", file))?;
-    for (n, document) in serde_yaml_ng::Deserializer::from_slice(&bytes).enumerate() {
+    scan_yaml(&bytes, shown, file, found)
+}
+
+/// The images of YAML documents (`file` names them in errors).
+fn scan_yaml(bytes: &[u8], shown: &str, file: &Path, found: &mut Vec<(String, String)>) -> Result<()> {
+    for (n, document) in serde_yaml_ng::Deserializer::from_slice(bytes).enumerate() {
         let scan = Scan::deserialize(document).map_err(|e| Error::Images {
             path: file.to_path_buf(),
             reason: format!("document {} is not valid YAML: {e}", n + 1),
@@ -544,6 +598,52 @@ mod tests {
         assert_eq!(
             found["sea.hub:5000/library/etcd:3.4.13-0"],
             ["etc/kubeadm.yml: ClusterConfiguration v1.20.2 (etcd)"]
+        );
+    }
+
+    /// A stand-in for helm (Debian has none): prints a rendered Deployment naming an image
+    /// of the chart's values, and fails for a chart named `broken`.
+    fn standin_helm(dir: &Path) -> PathBuf {
+        let helm = dir.join("helm");
+        fs::write(
+            &helm,
+            "#!/bin/sh\n[ \"$1\" = template ] || exit 2\n[ \"$2\" = broken ] && { echo 'Error: parse error in templates/x.yaml' >&2; exit 1; }\n\
+             printf -- '---\\n# Source: %s/templates/d.yaml\\nkind: Deployment\\nmetadata: {name: %s-web}\\nspec: {template: {spec: {containers: [{name: web, image: rendered/%s:1}]}}}\\n' \"$2\" \"$2\" \"$2\"\n",
+        )
+        .unwrap();
+        fs::set_permissions(&helm, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        helm
+    }
+
+    #[test]
+    fn charts_are_rendered_with_helm_when_there_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        write(&root, "charts/ingress/Chart.yaml", "apiVersion: v2\nname: ingress\nversion: 1.0.0\n");
+        write(&root, "charts/ingress/values.yaml", "image: {repository: ingress/controller, tag: v1}\n");
+        let files: Vec<(String, PathBuf)> = ["charts/ingress/Chart.yaml", "charts/ingress/values.yaml"]
+            .iter()
+            .map(|p| (p.to_string(), root.join(p)))
+            .collect();
+        let helm = standin_helm(dir.path());
+        let found = discover_with(&files, Some(&helm)).unwrap();
+        assert_eq!(
+            found["docker.io/rendered/ingress:1"],
+            [
+                "charts/ingress (helm template): Deployment/ingress-web spec.template.spec.containers.[web].image"
+            ]
+        );
+        assert!(found.contains_key("docker.io/ingress/controller:v1"), "the values are read too");
+        // Without helm, the values alone.
+        let found = discover_with(&files, None).unwrap();
+        assert_eq!(found.keys().collect::<Vec<_>>(), ["docker.io/ingress/controller:v1"]);
+        // A chart helm cannot render is an error that names it and says why.
+        write(&root, "charts/broken/Chart.yaml", "apiVersion: v2\nname: broken\nversion: 1.0.0\n");
+        let files = vec![("charts/broken/Chart.yaml".to_string(), root.join("charts/broken/Chart.yaml"))];
+        let err = discover_with(&files, Some(&helm)).unwrap_err().to_string();
+        assert!(
+            err.contains("charts/broken") && err.contains("template' failed") && err.contains("parse error"),
+            "{err}"
         );
     }
 
