@@ -601,3 +601,131 @@ fn image_archives_in_images_are_served_from_the_bundles_registry() {
         "{stderr}"
     );
 }
+
+/// A Kubefile, the files of its context, what the bundle must then hold, and its CMD.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [(&'a str, &'a str)], Option<Vec<&'a str>>);
+
+/// The Kubefiles of the reference documents (shared/reference/: sealer's "customize image" and
+/// "raw docker base image", sealos's "image build directory"), as they are written there, built
+/// end to end: their bases are the test's cluster image pushed under the names they use, and
+/// `--mirror docker.io=REGISTRY` sends the pulls of those names to the test's registry.
+#[test]
+fn the_reference_documents_kubefiles_build_as_written() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_registry, addr) = docker_registry(dir, &f.storage);
+    for name in [
+        "library/kubernetes:v1-22-15-sealerio-2",
+        "labring/kubernetes:v1.24.0",
+        "library/kubernetes-rawdocker:v1.19.8-alpine",
+    ] {
+        kubeferry_tests::images::ok(
+            skopeo(dir)
+                .args(["copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false"])
+                .arg(format!("docker://{addr}/cluster:v1"))
+                .arg(format!("docker://{addr}/{name}")),
+        );
+    }
+    let (key, public) = keygen(dir, "release");
+    let kubeadm = "apiVersion: kubeadm.k8s.io/v1beta2\nkind: InitConfiguration\nnodeRegistration:\n  criSocket: /var/run/dockershim.sock\n";
+    // (Kubefile, the context's files, what the bundle must then hold, its CMD)
+    let cases: [Case; 5] = [
+        (
+            "FROM scratch\nCOPY . .\n",
+            &[("bin/kubeadm", "kubeadm\n"), ("etc/kubeadm.yml", kubeadm)],
+            &[("bin/kubeadm", "kubeadm\n")],
+            None,
+        ),
+        (
+            "FROM kubernetes:v1-22-15-sealerio-2\nCOPY daemon.json etc/\n",
+            &[("daemon.json", "{}\n")],
+            &[("etc/daemon.json", "{}\n"), ("bin/arch", "amd64\n")],
+            Some(vec!["kubectl apply -f manifests/new.yaml"]),
+        ),
+        (
+            "FROM kubernetes:v1-22-15-sealerio-2\nCOPY registry_config.yaml etc/\n",
+            &[("registry_config.yaml", "version: 0.1\n")],
+            &[("etc/registry_config.yaml", "version: 0.1\n")],
+            Some(vec!["kubectl apply -f manifests/new.yaml"]),
+        ),
+        (
+            "#Kubefile\nFROM kubernetes:v1-22-15-sealerio-2\nCOPY kubeadm.yml etc\n",
+            &[("kubeadm.yml", kubeadm)],
+            &[("etc/kubeadm.yml", kubeadm)],
+            Some(vec!["kubectl apply -f manifests/new.yaml"]),
+        ),
+        (
+            "FROM labring/kubernetes:v1.24.0\nENV version v1.1.0\nCOPY manifests ./manifests\nCOPY registry ./registry\n\
+             ENTRYPOINT [\"kubectl apply -f manifests/tigera-operator.yaml\"]\nCMD [\"kubectl apply -f manifests/custom-resources.yaml\"]\n",
+            &[
+                ("manifests/tigera-operator.yaml", "kind: Namespace\n"),
+                ("manifests/custom-resources.yaml", "kind: Installation\n"),
+                ("registry/.keep", ""),
+            ],
+            &[("manifests/tigera-operator.yaml", "kind: Namespace\n"), ("bin/arch", "amd64\n")],
+            Some(vec!["kubectl apply -f manifests/custom-resources.yaml"]),
+        ),
+    ];
+    let rawdocker = (
+        "FROM kubernetes-rawdocker:v1.19.8-alpine\nCOPY imageList manifests\nCOPY etc .\n\
+         CMD kubectl apply -f etc/tigera-operator.yaml && kubectl apply -f etc/custom-resources.yaml\n",
+        &[
+            ("imageList", "calico/cni:v3.19.1\ncalico/node:v3.19.1\n"),
+            ("etc/tigera-operator.yaml", "kind: Namespace\n"),
+        ][..],
+        &[("manifests/imageList", "calico/cni:v3.19.1\ncalico/node:v3.19.1\n"), ("bin/arch", "amd64\n")][..],
+        Some(vec!["kubectl apply -f etc/tigera-operator.yaml && kubectl apply -f etc/custom-resources.yaml"]),
+    );
+    for (i, (kubefile, files, holds, cmd)) in cases.into_iter().chain([rawdocker]).enumerate() {
+        let context = dir.join(format!("context-{i}"));
+        for (path, text) in files {
+            write(&context.join(path), text);
+        }
+        write(&context.join("Kubefile"), kubefile);
+        let out = dir.join(format!("dist-{i}"));
+        let (code, _, stderr) = run(kubeferry()
+            .args(["build", "-f"])
+            .arg(context.join("Kubefile"))
+            .arg(&context)
+            .args([
+                "--name",
+                "ref",
+                "--version",
+                "v1",
+                "--arch",
+                "amd64",
+                "--no-pull",
+                "--allow-missing-images",
+            ])
+            .arg(format!("--mirror=docker.io={addr}"))
+            .arg("--key")
+            .arg(&key)
+            .arg(format!("--stub=amd64={}", stub_bin().display()))
+            .arg("--cache-dir")
+            .arg(dir.join("cache"))
+            .arg("--docker-config")
+            .arg(dir.join("no-docker-config.json"))
+            .arg("-o")
+            .arg(&out));
+        assert_eq!(code, 0, "{kubefile}\n{stderr}");
+        let to = dir.join(format!("x-{i}"));
+        let manifest = extract(&out.join("ref-v1-linux-amd64.run"), &public, &to);
+        for (path, text) in holds {
+            assert_eq!(fs::read_to_string(to.join(path)).unwrap_or_default(), *text, "{kubefile}: {path}");
+        }
+        let cmd: Option<Vec<String>> = cmd.map(|c| c.into_iter().map(str::to_string).collect());
+        assert_eq!(manifest.image.cmd, cmd, "{kubefile}");
+        if kubefile.contains("ENV version") {
+            assert!(
+                manifest.image.env.iter().any(|(k, v)| k == "version" && v == "v1.1.0"),
+                "{:?}",
+                manifest.image.env
+            );
+            assert_eq!(
+                manifest.image.entrypoint,
+                Some(vec!["kubectl apply -f manifests/tigera-operator.yaml".to_string()])
+            );
+        }
+    }
+}
