@@ -72,13 +72,17 @@ pub fn is_mount_point(dir: &Path) -> Result<bool> {
 pub fn unmount_below(dir: &Path) -> Result<Vec<PathBuf>> {
     let found = below(&current()?, dir);
     for point in &found {
-        match umount2(point, MntFlags::MNT_DETACH) {
-            // Gone meanwhile, or under a mount already detached.
-            Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
-            Err(e) => return Err(Error::io("unmount", point)(std::io::Error::from(e))),
-        }
+        unmount(point)?;
     }
     Ok(found)
+}
+
+/// Unmounts `point` lazily; a mount gone meanwhile, or under one already detached, is no error.
+pub fn unmount(point: &Path) -> Result<()> {
+    match umount2(point, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(Error::io("unmount", point)(std::io::Error::from(e))),
+    }
 }
 
 #[cfg(test)]

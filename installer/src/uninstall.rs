@@ -407,8 +407,7 @@ fn remove_pod_netns(host: &dyn Host) -> Result<()> {
         let path = entry.map_err(Error::io("read", &dir))?.path();
         if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("cni-")) {
             if mounts::is_mount_point(&path)? {
-                nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH)
-                    .map_err(|e| Error::io("unmount", &path)(e.into()))?;
+                mounts::unmount(&path)?;
             }
             remove_path(host, &path)?;
         }

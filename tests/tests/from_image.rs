@@ -284,6 +284,23 @@ fn build(context: &Path, out: &Path, arches: &str, key: &Path) -> (i32, String, 
         .arg(out))
 }
 
+/// `kubeferry build` for amd64 into `out`, signed with `key`, with the test's cache and no
+/// docker configuration of the host's; the caller adds what it builds.
+fn amd64_build(dir: &Path, key: &Path, out: &Path) -> std::process::Command {
+    let mut command = kubeferry();
+    command
+        .args(["build", "--arch", "amd64", "--key"])
+        .arg(key)
+        .arg(format!("--stub=amd64={}", stub_bin().display()))
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .arg("--docker-config")
+        .arg(dir.join("no-docker-config.json"))
+        .arg("-o")
+        .arg(out);
+    command
+}
+
 /// Opens, verifies and extracts a bundle; returns the extracted tree's directory and the
 /// manifest's image settings.
 fn extract(bundle: &Path, public: &Path, to: &Path) -> kubeferry_installer::manifest::Manifest {
@@ -411,17 +428,9 @@ fn build_from_several_images_lays_each_over_the_ones_before() {
     let (_registry, addr) = docker_registry(dir, &f.storage);
     let (key, public) = keygen(dir, "release");
     let out = dir.join("dist");
-    let (code, _, stderr) = run(kubeferry()
-        .args(["build", "--from", &format!("{addr}/cluster:v1"), "--from", &format!("{addr}/app:v1")])
-        .args(["--name", "both", "--version", "v1", "--arch", "amd64", "--key"])
-        .arg(&key)
-        .arg(format!("--stub=amd64={}", stub_bin().display()))
-        .arg("--cache-dir")
-        .arg(dir.join("cache"))
-        .arg("--docker-config")
-        .arg(dir.join("no-docker-config.json"))
-        .arg("-o")
-        .arg(&out));
+    let (code, _, stderr) = run(amd64_build(dir, &key, &out)
+        .args(["--from", &format!("{addr}/cluster:v1"), "--from", &format!("{addr}/app:v1")])
+        .args(["--name", "both", "--version", "v1"]));
     assert_eq!(code, 0, "{stderr}");
     let to = dir.join("x");
     let manifest = extract(&out.join("both-v1-linux-amd64.run"), &public, &to);
@@ -684,30 +693,12 @@ fn the_reference_documents_kubefiles_build_as_written() {
         }
         write(&context.join("Kubefile"), kubefile);
         let out = dir.join(format!("dist-{i}"));
-        let (code, _, stderr) = run(kubeferry()
-            .args(["build", "-f"])
+        let (code, _, stderr) = run(amd64_build(dir, &key, &out)
+            .arg("-f")
             .arg(context.join("Kubefile"))
             .arg(&context)
-            .args([
-                "--name",
-                "ref",
-                "--version",
-                "v1",
-                "--arch",
-                "amd64",
-                "--no-pull",
-                "--allow-missing-images",
-            ])
-            .arg(format!("--mirror=docker.io={addr}"))
-            .arg("--key")
-            .arg(&key)
-            .arg(format!("--stub=amd64={}", stub_bin().display()))
-            .arg("--cache-dir")
-            .arg(dir.join("cache"))
-            .arg("--docker-config")
-            .arg(dir.join("no-docker-config.json"))
-            .arg("-o")
-            .arg(&out));
+            .args(["--name", "ref", "--version", "v1", "--no-pull", "--allow-missing-images"])
+            .arg(format!("--mirror=docker.io={addr}")));
         assert_eq!(code, 0, "{kubefile}\n{stderr}");
         let to = dir.join(format!("x-{i}"));
         let manifest = extract(&out.join("ref-v1-linux-amd64.run"), &public, &to);
