@@ -158,9 +158,23 @@ impl From<crate::pull::PullError> for Error {
     }
 }
 
+/// How many missing images a message names; `kubeferry images` lists every one.
+pub const MISSING_SHOWN: usize = 20;
+
+/// The line that ends a list of missing images cut at [`MISSING_SHOWN`].
+pub fn more_missing(count: usize) -> String {
+    format!("and {count} more ('kubeferry images ROOTFS' lists every image the rootfs names, and where)")
+}
+
 fn missing_images(arch: Arch, missing: &[(String, Vec<String>)]) -> String {
-    let list: Vec<String> =
-        missing.iter().map(|(r, places)| format!("'{r}' (named in {})", places.join("; "))).collect();
+    let mut list: Vec<String> = missing
+        .iter()
+        .take(MISSING_SHOWN)
+        .map(|(r, places)| format!("'{r}' (named in {})", places.join("; ")))
+        .collect();
+    if missing.len() > MISSING_SHOWN {
+        list.push(more_missing(missing.len() - MISSING_SHOWN));
+    }
     let (count, verb) = match missing.len() {
         1 => ("1 image".to_string(), "is"),
         n => (format!("{n} images"), "are"),

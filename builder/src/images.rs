@@ -89,44 +89,30 @@ fn discover_with(files: &[(String, PathBuf)], helm: Option<&Path>) -> Result<Fou
     let group =
         |shown: &str| ["manifests/", "charts/", "images/shim/"].iter().position(|g| shown.starts_with(g));
     files.sort_by(|a, b| (group(&a.0), &a.0).cmp(&(group(&b.0), &b.0)));
-    let scanned = scan_all(&files, helm);
     let mut found = Found::new();
-    for result in scanned {
-        for (reference, why) in result? {
-            add(&mut found, &reference, why);
+    for (shown, file) in &files {
+        for (reference, why) in scan_file(shown, file, helm)? {
+            add(&mut found, file, &reference, why)?;
         }
     }
     let kubeadm = KUBEADM_FILES.iter().find_map(|name| files.iter().find(|(shown, _)| shown == name));
     if let Some((shown, file)) = kubeadm {
         kubeadm_images(file, shown, &mut found)?;
     }
-    normalize(&files, found)
+    Ok(found)
 }
 
-/// Each reference in its canonical form (`busybox` is `docker.io/library/busybox:latest`), so
-/// that two spellings of one image are one; a reference that is not one is an error naming the
-/// file that holds it.
-fn normalize(files: &[&(String, PathBuf)], found: Found) -> Result<Found> {
-    let mut out = Found::new();
-    for (raw, whys) in found {
-        let reference = Reference::parse(&raw).map_err(|e| {
-            let shown = whys.first().and_then(|w| w.split(':').next()).unwrap_or("");
-            Error::Images {
-                path: files
-                    .iter()
-                    .find(|(s, _)| s == shown)
-                    .map_or_else(|| PathBuf::from(shown), |(_, p)| p.clone()),
-                reason: e.to_string(),
-            }
-        })?;
-        let entry = out.entry(reference.to_string()).or_default();
-        for why in whys {
-            if !entry.contains(&why) {
-                entry.push(why);
-            }
-        }
+/// Adds a reference read from `file`, in its canonical form (`busybox` is
+/// `docker.io/library/busybox:latest`), so that two spellings of one image are one; a
+/// reference that is not one is an error naming the file.
+fn add(found: &mut Found, file: &Path, reference: &str, why: String) -> Result<()> {
+    let reference = Reference::parse(reference)
+        .map_err(|e| Error::Images { path: file.to_path_buf(), reason: e.to_string() })?;
+    let whys = found.entry(reference.to_string()).or_default();
+    if !whys.contains(&why) {
+        whys.push(why);
     }
-    Ok(out)
+    Ok(())
 }
 
 fn shown(root: &Path, file: &Path) -> String {
@@ -159,13 +145,6 @@ fn files_below(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
-}
-
-/// The images each file names, as (reference, place), in the order of `files`. One thread:
-/// more parse no faster here (the allocator has one arena, see kubeferry-term's
-/// `tune_allocator`) and hold more documents in memory at once.
-fn scan_all(files: &[&(String, PathBuf)], helm: Option<&Path>) -> Vec<Result<Vec<(String, String)>>> {
-    files.iter().map(|(shown, file)| scan_file(shown, file, helm)).collect()
 }
 
 /// The images one file names: an image list, or YAML documents.
@@ -210,13 +189,6 @@ fn helm_template(helm: &Path, shown: &str, chart: &Path, found: &mut Vec<(String
     scan_yaml(&output.stdout, &format!("{shown} (helm template)"), chart, found)
 }
 
-fn add(found: &mut Found, reference: &str, why: String) {
-    let whys = found.entry(reference.to_string()).or_default();
-    if !whys.contains(&why) {
-        whys.push(why);
-    }
-}
-
 /// One reference per line; blank lines and `#` comments skipped.
 fn list_file(file: &Path, shown: &str, found: &mut Vec<(String, String)>) -> Result<()> {
     let text = fs::read_to_string(file).map_err(Error::io("read", file))?;
@@ -237,16 +209,105 @@ fn list_file(file: &Path, shown: &str, found: &mut Vec<(String, String)>) -> Res
 }
 
 fn yaml_file(file: &Path, shown: &str, found: &mut Vec<(String, String)>) -> Result<()> {
-    let bytes = fs::read(file).map_err(Error::io("read", file))?;
-    scan_yaml(&bytes, shown, file, found)
+    let reader = std::io::BufReader::new(fs::File::open(file).map_err(Error::io("open", file))?);
+    let mut documents = Documents { reader, next: Vec::new() };
+    let mut number = 0;
+    while let Some(document) = documents.next().map_err(Error::io("read", file))? {
+        if may_name_an_image(&document) {
+            number = scan_yaml_from(&document, shown, file, number, found)?;
+        } else {
+            number += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The YAML documents of a file, one at a time, so that what is read and parsed at once is a
+/// document, not the file. A document ends where a line starts with the marker `---` (YAML
+/// forbids that line inside any scalar), whose line begins the next one, or after a line `...`.
+/// Lines before a document's first content line (comments, directives, markers) go with it.
+struct Documents<R> {
+    reader: R,
+    /// The line that begins the next document, already read.
+    next: Vec<u8>,
+}
+
+impl<R: std::io::BufRead> Documents<R> {
+    fn next(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let mut document = std::mem::take(&mut self.next);
+        let mut has_content = is_content(&document);
+        loop {
+            let start = document.len();
+            if self.reader.read_until(b'\n', &mut document)? == 0 {
+                return Ok(has_content.then_some(document));
+            }
+            let line = &document[start..];
+            if has_content && is_document_start(line) {
+                self.next = document.split_off(start);
+                return Ok(Some(document));
+            }
+            if has_content && is_document_end(line) {
+                return Ok(Some(document));
+            }
+            has_content |= is_content(line);
+        }
+    }
+}
+
+/// `---` alone or followed by a space or tab.
+fn is_document_start(line: &[u8]) -> bool {
+    line.strip_prefix(b"---").is_some_and(|rest| rest.first().is_none_or(|c| b" \t\r\n".contains(c)))
+}
+
+/// `...` alone or followed by a space or tab.
+fn is_document_end(line: &[u8]) -> bool {
+    line.strip_prefix(b"...").is_some_and(|rest| rest.first().is_none_or(|c| b" \t\r\n".contains(c)))
+}
+
+/// Whether a line of YAML holds more than blanks, a comment, a directive or a marker.
+fn is_content(line: &[u8]) -> bool {
+    let trimmed = line.trim_ascii();
+    !(trimmed.is_empty()
+        || trimmed.starts_with(b"#")
+        || trimmed.starts_with(b"%")
+        || trimmed == b"..."
+        || trimmed == b"---")
+}
+
+/// Whether a YAML document can hold a field named `image`, the only place the finder takes an
+/// image reference from (Helm maps included, which sit under `image`): the word `image`,
+/// perhaps in quotes, followed by blanks and a colon, as a plain, quoted, flow, explicit or
+/// JSON key is written. A document without one is not parsed at all: most of a rootfs's YAML
+/// (custom resource definitions, configuration) names no image. A key spelled with escape
+/// sequences or as an alias is not seen.
+fn may_name_an_image(document: &[u8]) -> bool {
+    memchr::memmem::find_iter(document, b"image").any(|at| {
+        let rest = &document[at + b"image".len()..];
+        let rest = rest.strip_prefix(b"\"").or_else(|| rest.strip_prefix(b"'")).unwrap_or(rest);
+        rest.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b':')
+    })
 }
 
 /// The images of YAML documents (`file` names them in errors).
 fn scan_yaml(bytes: &[u8], shown: &str, file: &Path, found: &mut Vec<(String, String)>) -> Result<()> {
-    for (n, document) in serde_yaml_ng::Deserializer::from_slice(bytes).enumerate() {
+    scan_yaml_from(bytes, shown, file, 0, found).map(|_| ())
+}
+
+/// [`scan_yaml`] of documents that follow `before` others in their file; returns the number
+/// of documents read so far.
+fn scan_yaml_from(
+    bytes: &[u8],
+    shown: &str,
+    file: &Path,
+    before: usize,
+    found: &mut Vec<(String, String)>,
+) -> Result<usize> {
+    let mut number = before;
+    for document in serde_yaml_ng::Deserializer::from_slice(bytes) {
+        number += 1;
         let scan = Scan::deserialize(document).map_err(|e| Error::Images {
             path: file.to_path_buf(),
-            reason: format!("document {} is not valid YAML: {e}", n + 1),
+            reason: format!("document {number} is not valid YAML: {e}"),
         })?;
         let name = match (&scan.kind, &scan.metadata_name) {
             (Some(kind), Some(name)) => format!("{kind}/{name}"),
@@ -260,7 +321,7 @@ fn scan_yaml(bytes: &[u8], shown: &str, file: &Path, found: &mut Vec<(String, St
             found.push((reference, format!("{shown}: {place}")));
         }
     }
-    Ok(())
+    Ok(number)
 }
 
 /// What the image finder keeps of a YAML node, read as a stream (no tree of the document is
@@ -456,7 +517,7 @@ fn kubeadm_images(file: &Path, shown: &str, found: &mut Found) -> Result<()> {
             });
         };
         for (image, reference) in images {
-            add(found, &reference, format!("{shown}: ClusterConfiguration {version} ({image})"));
+            add(found, file, &reference, format!("{shown}: ClusterConfiguration {version} ({image})"))?;
         }
     }
     Ok(())
@@ -648,11 +709,60 @@ mod tests {
     }
 
     #[test]
+    fn a_document_is_parsed_only_when_it_can_hold_an_image_field() {
+        for key in [
+            "image: x",
+            "image : x",
+            "\"image\": \"x\"",
+            "'image':\n  x",
+            "{name: a, image: x}",
+            "? image\n: x",
+            "spec: {\"containers\":[{\"image\"  :\"x\"}]}",
+            "sideimage: x",
+        ] {
+            assert!(may_name_an_image(key.as_bytes()), "{key}");
+        }
+        for text in
+            ["imagePullPolicy: Always", "description: pull the image, then run it", "images:\n- a", ""]
+        {
+            assert!(!may_name_an_image(text.as_bytes()), "{text}");
+        }
+        // Such a document is not read at all, so not even its syntax is checked; one that may
+        // hold an image is.
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "manifests/a.yaml", "description: no image here [\n---\nimage: busybox:1\n");
+        assert_eq!(discover(dir.path()).unwrap().keys().collect::<Vec<_>>(), ["docker.io/library/busybox:1"]);
+    }
+
+    #[test]
+    fn a_file_is_read_a_document_at_a_time() {
+        let text =
+            "# head\n%YAML 1.2\n---\na: 1\n--- |\n  text\n---\n---x: 2\nb: 3\n...\n# tail\n---\nc: 4\n";
+        let mut documents = Documents { reader: text.as_bytes(), next: Vec::new() };
+        let mut all = Vec::new();
+        while let Some(d) = documents.next().unwrap() {
+            all.push(String::from_utf8(d).unwrap());
+        }
+        assert_eq!(
+            all,
+            [
+                "# head\n%YAML 1.2\n---\na: 1\n",
+                "--- |\n  text\n",
+                "---\n---x: 2\nb: 3\n...\n",
+                "# tail\n---\nc: 4\n"
+            ]
+        );
+        // Each part is whole YAML: together they are the documents the file holds.
+        let parts: usize = all.iter().map(|d| serde_yaml_ng::Deserializer::from_str(d).count()).sum();
+        assert_eq!(parts, serde_yaml_ng::Deserializer::from_str(text).count());
+    }
+
+    #[test]
     fn bad_input_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "manifests/bad.yaml", "a: [\n");
+        write(dir.path(), "manifests/bad.yaml", "# two documents\n---\na: 1\n---\nimage: [\n");
         let err = discover(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("manifests/bad.yaml") && err.contains("document 1 is not valid YAML"), "{err}");
+        assert!(err.contains("manifests/bad.yaml") && err.contains("document 2 is not valid YAML"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "manifests/imageList", "a:1\nb:1 c:2\n");

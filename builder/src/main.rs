@@ -6,12 +6,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand};
 use kubeferry_builder::pack::{self, Spec, sidecar};
 use kubeferry_builder::pull::{Counters, Platform, PullError, PullOptions, Puller, auth};
 use kubeferry_builder::reference::Reference;
-use kubeferry_builder::{Error, archive, base, collect, images, kubefile, sign, stored, stub};
+use kubeferry_builder::{Error, archive, base, collect, error, images, kubefile, sign, stored, stub};
 use kubeferry_installer::arch::Arch;
 use kubeferry_installer::error::human_bytes;
 use kubeferry_installer::extract::ExtractOptions;
@@ -361,11 +362,11 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
     };
     std::fs::create_dir_all(&args.out).map_err(Error::io("create", &args.out))?;
     let mut unpacked = Unpacked(Vec::new());
-    // Every architecture's tree is assembled and its images collected before any bundle is
-    // written, so that a missing image or a failed pull leaves no bundle behind.
-    let mut prepared = Vec::new();
+    // Every architecture's bundle is packed before any is sealed and renamed into place, so
+    // that a missing image or a failed pull leaves no bundle behind.
+    let mut packed_arches = Vec::new();
     let mut counters = Counters::default();
-    for &arch in &arches {
+    for (&arch, (stub_path, stub_bytes)) in arches.iter().zip(&stubs) {
         let (mut layers, image) = match (&kubefile_text, &args.rootfs) {
             (Some(text), Some(rootfs)) => {
                 let mut build_args = build_args.clone();
@@ -417,29 +418,12 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
         if !archives.is_empty() {
             layers.push(collect::Layer { source: registry, at: "registry".into() });
         }
-        let images = bundle_images(args, arch, &mut layers, &mut unpacked, &mut counters, term)?;
-        prepared.push((arch, layers, archives, image, images));
-    }
-    if counters.blobs_fetched + counters.cache_hits > 0 {
-        term.say(&format!("images: {}", describe_counters(&counters)));
-    }
-    for ((arch, layers, archives, image, images), (stub_path, stub_bytes)) in prepared.into_iter().zip(&stubs)
-    {
-        // A first walk reads no content: it finds what cannot be packed before anything is
-        // written, learns what the tree says about itself, and gives the progress bar its total.
-        // The imported archives are left out: their images are in registry/.
-        let walk = || collect::walk_layers_except(layers.clone(), arch, archives.clone());
-        let (_, unpacked_size, facts) = collect::measure(walk()?)?;
         let label = |names: &[&str]| names.iter().find_map(|n| image.labels.get(*n).cloned());
+        let cri = label(&["cluster.alpha.sealer.io/container-runtime-type"]);
+        let version = label(&["cluster.alpha.sealer.io/cluster-runtime-version", "version"]);
         let spec = Spec {
-            kubernetes_version: args
-                .kubernetes_version
-                .clone()
-                .or(facts.kubernetes_version)
-                .or_else(|| label(&["cluster.alpha.sealer.io/cluster-runtime-version", "version"])),
-            cri: facts.cri.or_else(|| label(&["cluster.alpha.sealer.io/container-runtime-type"])),
-            image,
-            images,
+            kubernetes_version: args.kubernetes_version.clone(),
+            image: image.clone(),
             mtime,
             level: args.level,
             jobs: args.jobs.map_or(0, usize::from),
@@ -447,8 +431,54 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
             ..Spec::new(&args.name, &args.version, arch)
         };
         term.say(&format!("building {} with stub '{}'", spec.file_name(), stub_path.display()));
-        let entries = walk()?;
-        let packed = pack::pack(stub_bytes, entries, unpacked_size, &spec, key.as_ref(), &args.out, term)?;
+        // The images the tree names are found while its payload is packed; only when some must
+        // be pulled first is packing stopped, and done again once they are in.
+        let pack = |layers: &[collect::Layer], stop: Option<&AtomicBool>| -> Result<pack::Unsealed, Error> {
+            // A first walk reads no content: it finds what cannot be packed before anything is
+            // written, learns what the tree says about itself, and gives the progress bar its
+            // total. The imported archives are left out: their images are in registry/.
+            let walk = || collect::walk_layers_except(layers.to_vec(), arch, archives.clone());
+            let (_, unpacked_size, facts) = collect::measure(walk()?)?;
+            let spec = Spec {
+                kubernetes_version: spec
+                    .kubernetes_version
+                    .clone()
+                    .or(facts.kubernetes_version)
+                    .or(version.clone()),
+                cri: facts.cri.or(cri.clone()),
+                ..spec.clone()
+            };
+            pack::pack_payload(stub_bytes, walk()?, unpacked_size, &spec, stop, &args.out, term)
+        };
+        let stop = AtomicBool::new(false);
+        let (found, payload) = std::thread::scope(|scope| {
+            let finder = scope.spawn(|| {
+                let found = find_images(&layers, arch);
+                if found.as_ref().map_or(true, |f| !f.missing.is_empty() && !args.no_pull) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                found
+            });
+            let payload = pack(&layers, Some(&stop));
+            (finder.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), payload)
+        });
+        let found = found?;
+        let pulling = !found.missing.is_empty() && !args.no_pull;
+        let images = collect_images(args, arch, found, &mut layers, &mut unpacked, &mut counters, term)?;
+        let payload = if pulling {
+            // Dropped first: it removes its partial file, which the new one replaces.
+            drop(payload);
+            pack(&layers, None)?
+        } else {
+            payload?
+        };
+        packed_arches.push((payload, images));
+    }
+    if counters.blobs_fetched + counters.cache_hits > 0 {
+        term.say(&format!("images: {}", describe_counters(&counters)));
+    }
+    for (payload, images) in packed_arches {
+        let packed = payload.seal(images, key.as_ref())?;
         let m = &packed.manifest;
         term.say(&format!(
             "wrote '{}': {}, {} entries, {} unpacked, {}",
@@ -466,32 +496,34 @@ fn build(args: &BuildArgs, term: &Terminal) -> Result<(), Error> {
     Ok(())
 }
 
-/// Finds the images the tree of `layers` names for `arch`; pulls those its registry/ does not
-/// hold into `OUT/.kubeferry-images-ARCH/`, which is added to `layers` as the last one, at
-/// `registry/` (and removed when the build ends); returns every image the bundle's registry/
-/// will hold, for the manifest.
-fn bundle_images(
-    args: &BuildArgs,
-    arch: Arch,
-    layers: &mut Vec<collect::Layer>,
-    cleanup: &mut Unpacked,
-    counters: &mut Counters,
-    term: &Terminal,
-) -> Result<Vec<ImageRecord>, Error> {
-    let scan = stored::scan(collect::walk_layers(layers.clone(), arch)?)?;
+/// What the tree of a bundle names and holds of container images.
+struct FoundImages {
+    /// How many images the tree names.
+    named: usize,
+    /// Those its registry/ holds, and the tags it holds that nothing names.
+    records: Vec<ImageRecord>,
+    /// Those it names and does not hold, with the places that name them.
+    missing: Vec<(Reference, Vec<String>)>,
+}
+
+/// Finds the images the tree of `layers` names for `arch`, and which of them its registry/
+/// holds.
+fn find_images(layers: &[collect::Layer], arch: Arch) -> Result<FoundImages, Error> {
+    let scan = stored::scan(collect::walk_layers(layers.to_vec(), arch)?)?;
     let found = images::discover_files(&scan.sources)?;
+    let count = found.len();
     let mut records = Vec::new();
     // The tags of registry/ that a reference of the rootfs names.
     let mut named = std::collections::BTreeSet::new();
     let mut missing = Vec::new();
-    for (text, places) in &found {
-        let reference = Reference::parse(text).map_err(PullError::from)?;
+    for (text, places) in found {
+        let reference = Reference::parse(&text).map_err(PullError::from)?;
         if let Some(tag) = reference.tag() {
             named.insert((reference.repository().to_string(), tag.to_string()));
         }
         match scan.stored.resolve(&reference) {
-            Some(digest) => records.push(scan.stored.record(text, reference.repository(), &digest)?),
-            None => missing.push((reference, places.clone())),
+            Some(digest) => records.push(scan.stored.record(&text, reference.repository(), &digest)?),
+            None => missing.push((reference, places)),
         }
     }
     for (repository, tag, digest) in scan.stored.tags() {
@@ -499,11 +531,27 @@ fn bundle_images(
             records.push(scan.stored.record(&format!("{repository}:{tag}"), &repository, &digest)?);
         }
     }
-    if !found.is_empty() {
+    Ok(FoundImages { named: count, records, missing })
+}
+
+/// Gets the images `found` misses: an error, or left out with a warning when the build must
+/// not pull; else pulled into `OUT/.kubeferry-images-ARCH/`, which is added to `layers` as the
+/// last one, at `registry/` (and removed when the build ends). Returns every image the bundle's
+/// registry/ will hold, for the manifest.
+fn collect_images(
+    args: &BuildArgs,
+    arch: Arch,
+    found: FoundImages,
+    layers: &mut Vec<collect::Layer>,
+    cleanup: &mut Unpacked,
+    counters: &mut Counters,
+    term: &Terminal,
+) -> Result<Vec<ImageRecord>, Error> {
+    let FoundImages { named, mut records, missing } = found;
+    if named > 0 {
         term.say(&format!(
-            "{arch}: the rootfs names {} images, {} of them in its registry/",
-            found.len(),
-            found.len() - missing.len()
+            "{arch}: the rootfs names {named} images, {} of them in its registry/",
+            named - missing.len()
         ));
     }
     if !missing.is_empty() && args.no_pull {
@@ -511,10 +559,18 @@ fn bundle_images(
             let missing = missing.into_iter().map(|(r, places)| (r.to_string(), places)).collect();
             return Err(Error::MissingImages { arch, missing });
         }
-        for (reference, places) in &missing {
+        for (reference, places) in missing.iter().take(error::MISSING_SHOWN) {
             term.warn(&format!(
                 "'{reference}' (named in {}) is not in registry/ and is left out of the {arch} bundle",
                 places.join("; ")
+            ));
+        }
+        if missing.len() > error::MISSING_SHOWN {
+            term.warn(&format!(
+                "{} images are left out of the {arch} bundle: the {} above {}",
+                missing.len(),
+                error::MISSING_SHOWN,
+                error::more_missing(missing.len() - error::MISSING_SHOWN)
             ));
         }
     } else if !missing.is_empty() {

@@ -33,7 +33,7 @@ use sha2::{Digest as _, Sha256};
 use crate::error::{Error, Result};
 
 /// Unpacked length of a payload chunk.
-pub const CHUNK_LEN: usize = 4 << 20;
+pub const CHUNK_LEN: usize = 2 << 20;
 /// Files smaller than this are always compressed with their neighbours.
 const STORE_MIN_LEN: u64 = 64 << 10;
 /// Leading bytes of formats that are compressed already: gzip, zstd, xz, bzip2.
@@ -240,6 +240,37 @@ pub fn pack(
     out_dir: &Path,
     reporter: &dyn Reporter,
 ) -> Result<Packed> {
+    pack_payload(stub, entries, unpacked_size, spec, None, out_dir, reporter)?.seal(spec.images.clone(), key)
+}
+
+/// A bundle whose stub, payload and index are written to its partial file: what remains is
+/// the manifest, which lists the container images, so that the images can be found while the
+/// payload is packed. Dropped unsealed, the partial file is removed.
+pub struct Unsealed {
+    out: Output,
+    spec: Spec,
+    stub: Blob,
+    payload: Payload,
+    index: kubeferry_installer::manifest::Index,
+}
+
+impl std::fmt::Debug for Unsealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unsealed").field("file", &self.out.partial).field("spec", &self.spec).finish()
+    }
+}
+
+/// The first part of [`pack`]: the stub, the payload and the index, without the manifest.
+/// Packing stops with [`Error::Interrupted`] when `stop` (or the spec's `cancel`) is set.
+pub fn pack_payload(
+    stub: &[u8],
+    entries: impl Iterator<Item = Result<PackEntry>> + Send,
+    unpacked_size: u64,
+    spec: &Spec,
+    stop: Option<&AtomicBool>,
+    out_dir: &Path,
+    reporter: &dyn Reporter,
+) -> Result<Unsealed> {
     fs::create_dir_all(out_dir).map_err(Error::io("create", out_dir))?;
     let path = out_dir.join(spec.file_name());
     let mut out = Output::create(&path)?;
@@ -253,7 +284,8 @@ pub fn pack(
     let mut producer = ChunkProducer {
         entries,
         index: IndexWriter::new(std::io::BufWriter::new(index_file), spec.level),
-        cancel: spec.cancel.clone(),
+        cancel: spec.cancel.as_deref(),
+        stop,
         current: None,
         pending: None,
     };
@@ -281,26 +313,40 @@ pub fn pack(
         index_out.into_inner().map_err(|e| Error::io("write", shown_tmp())(e.into_error()))?;
     index_file.rewind().map_err(Error::io("read", shown_tmp()))?;
     out.copy_from(&mut index_file, &shown_tmp())?;
-
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        name: spec.name.clone(),
-        version: spec.version.clone(),
-        arch: spec.arch,
-        kubernetes_version: spec.kubernetes_version.clone(),
-        cri: spec.cri.clone(),
-        image: spec.image.clone(),
-        images: spec.images.clone(),
-        builder: format!("kubeferry {}", env!("CARGO_PKG_VERSION")),
-        mtime: spec.mtime,
-        owner: Owner { uid: 0, gid: 0 },
-        signer: key.map(signer_of),
+    Ok(Unsealed {
+        out,
+        spec: spec.clone(),
         stub: stub_blob,
         payload: Payload { size: payload_size, unpacked_size: payload_unpacked, chunks },
         index,
-    };
-    out.finish_tail(&manifest, key)?;
-    out.commit(&spec.file_name(), key, manifest)
+    })
+}
+
+impl Unsealed {
+    /// Writes the manifest, listing `images`, signs it with `key` if given, and renames the
+    /// bundle into place.
+    pub fn seal(mut self, images: Vec<ImageRecord>, key: Option<&SecretKey>) -> Result<Packed> {
+        let spec = self.spec;
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            name: spec.name.clone(),
+            version: spec.version.clone(),
+            arch: spec.arch,
+            kubernetes_version: spec.kubernetes_version.clone(),
+            cri: spec.cri.clone(),
+            image: spec.image.clone(),
+            images,
+            builder: format!("kubeferry {}", env!("CARGO_PKG_VERSION")),
+            mtime: spec.mtime,
+            owner: Owner { uid: 0, gid: 0 },
+            signer: key.map(signer_of),
+            stub: self.stub,
+            payload: self.payload,
+            index: self.index,
+        };
+        self.out.finish_tail(&manifest, key)?;
+        self.out.commit(&spec.file_name(), key, manifest)
+    }
 }
 
 /// Writes a bundle whose stub and payload are copied from `prefix` and whose tail is made
@@ -327,11 +373,19 @@ pub fn signer_of(key: &SecretKey) -> Signer {
 /// Compresses a chunk, or stores it when compression does not make it smaller.
 fn pack_chunk(codec: Codec, data: Vec<u8>, level: i32) -> (Chunk, Vec<u8>, u64) {
     let unpacked = data.len() as u64;
+    thread_local! {
+        /// Each worker's compressor, kept from chunk to chunk: its tables are allocated once.
+        static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
     let packed = match codec {
-        Codec::Zstd => match zstd::bulk::compress(&data, level) {
-            Ok(z) if z.len() < data.len() => Some(z),
-            _ => None,
-        },
+        Codec::Zstd => COMPRESSOR.with_borrow_mut(|kept| {
+            if kept.as_ref().is_none_or(|(l, _)| *l != level) {
+                *kept = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
+            }
+            let (_, compressor) = kept.as_mut()?;
+            compressor.compress(&data).ok().filter(|z| z.len() < data.len())
+        }),
         Codec::Stored => None,
     };
     let (codec, bytes) = match packed {
@@ -367,19 +421,20 @@ struct Reading {
 
 /// Takes the entries in order, writes each one's index record, and cuts the files' bytes
 /// into chunks. A chunk never mixes compressible and stored files.
-struct ChunkProducer<I, W: Write> {
+struct ChunkProducer<'a, I, W: Write> {
     entries: I,
     index: IndexWriter<W>,
-    cancel: Option<Arc<AtomicBool>>,
+    cancel: Option<&'a AtomicBool>,
+    stop: Option<&'a AtomicBool>,
     current: Option<Reading>,
     /// A file that starts the next chunk because it is not of the current chunk's kind: its
     /// record, its content and whether it is stored.
     pending: Option<(Entry, Option<Content>, bool)>,
 }
 
-impl<I: Iterator<Item = Result<PackEntry>>, W: Write> ChunkProducer<I, W> {
+impl<I: Iterator<Item = Result<PackEntry>>, W: Write> ChunkProducer<'_, I, W> {
     fn next_chunk(&mut self) -> Result<Option<(Codec, Vec<u8>)>> {
-        if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+        if [self.cancel, self.stop].into_iter().flatten().any(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::Interrupted);
         }
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_LEN);

@@ -229,18 +229,17 @@ fn a_missing_image_is_named_with_the_file_that_asks_for_it_and_nothing_is_writte
     let out = dir.join("dist");
     let (code, stdout, stderr) = build(dir, &root, &out, &["--no-pull"]);
     assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
-    assert_eq!(
-        stderr,
-        format!(
-            "amd64: the rootfs names 2 images, 0 of them in its registry/\nerror: could not build from '{}'\n  caused by: 2 images the rootfs names for amd64 are not in its \
+    // The tree is packed while its images are looked for: the partial bundle is dropped.
+    let expected = format!(
+        "amd64: the rootfs names 2 images, 0 of them in its registry/\nerror: could not build from '{}'\n  caused by: 2 images the rootfs names for amd64 are not in its \
              registry/ and --no-pull was given: '{app}' (named in manifests/app.yaml: Deployment/web \
              spec.template.spec.containers.[c0].image), '{nope}' (named in manifests/app.yaml: Deployment/web \
              spec.template.spec.containers.[c1].image; manifests/imageList:1)\n\nhint: build without --no-pull to \
              pull them, add them to registry/ ('kubeferry pull REF... --out ROOTFS/registry'), or pass \
              --allow-missing-images to build without them\n",
-            root.display()
-        )
+        root.display()
     );
+    assert!(stderr.ends_with(&expected), "{stderr}");
     assert!(!out.exists() || listing(&out).is_empty(), "{:?}", listing(&out));
 
     // Allowed, with a warning each: the manifest lists no image.
@@ -255,6 +254,29 @@ fn a_missing_image_is_named_with_the_file_that_asks_for_it_and_nothing_is_writte
     assert_eq!(manifest_of(&out.join("img-v1-linux-amd64.run")).get("images"), None);
     let (code, _, stderr) = build(dir, &root, &dir.join("x"), &["--allow-missing-images"]);
     assert_eq!(code, 2, "{stderr}");
+
+    // Many missing images: the first 20 named, then how many more; the error the same way.
+    let many: Vec<String> = (0..25).map(|i| format!("{addr}/library/app{i:02}:v1")).collect();
+    let root = rootfs(&dir.join("many"), &many, &[]);
+    let (_, stderr) =
+        built(build(dir, &root, &dir.join("many-out"), &["--no-pull", "--allow-missing-images"]));
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 21, "{stderr}");
+    assert!(warnings[19].starts_with(&format!("warning: '{addr}/library/app19:v1'")), "{stderr}");
+    assert_eq!(
+        warnings[20],
+        "warning: 25 images are left out of the amd64 bundle: the 20 above and 5 more ('kubeferry images ROOTFS' \
+         lists every image the rootfs names, and where)"
+    );
+    let (code, _, stderr) = build(dir, &root, &dir.join("many-err"), &["--no-pull"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "app19:v1' (named in manifests/app.yaml: Deployment/web spec.template.spec.containers.[c19].image), and 5 more ("
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("app20:v1"), "{stderr}");
 }
 
 #[test]
