@@ -18,7 +18,7 @@
 # The tests run the real tools: minisign (interoperability of keys and signatures), GNU time
 # (peak memory), tar and gzip (fixtures), Debian's docker-registry and skopeo (the bundled
 # registry and the registries images are pulled from), htpasswd (a registry with
-# authentication), qemu-user-static and the cross toolchain (the arm64 stub). Mounting a small tmpfs for the full-disk test needs
+# authentication), libdevmapper (for Debian's dockerd, fetched with apt-get download, not installed), qemu-user-static and the cross toolchain (the arm64 stub). Mounting a small tmpfs for the full-disk test needs
 # root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +54,8 @@ command -v tar >/dev/null || need+=(tar)
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+# Debian's dockerd, which the docker runtime test runs, is linked against libdevmapper.
+ldconfig -p | grep -q 'libdevmapper\.so\.1\.02\.1 ' || need+=(libdevmapper1.02.1)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -99,7 +99,7 @@ pub fn install_containerd(host: &dyn Host, rootfs: &Path, settings: &RuntimeSett
     if !tarball.is_file() {
         return Err(Error::Runtime(format!("the rootfs has no '{TARBALL}'")));
     }
-    installed.files.extend(unpack_binaries(host, &tarball)?);
+    installed.files.extend(unpack_binaries(host, &tarball, "containerd")?);
 
     let image_config = IMAGE_CONFIGS.iter().map(|p| rootfs.join(p)).find(|p| p.is_file());
     let template = match &image_config {
@@ -131,9 +131,10 @@ pub fn install_containerd(host: &dyn Host, rootfs: &Path, settings: &RuntimeSett
     Ok(installed)
 }
 
-/// Unpacks the runtime's executables into [`BIN_DIR`]. The tarball may hold them flat, under
-/// `bin/`, or under `usr/local/bin/`; anything else in it is refused by name.
-fn unpack_binaries(host: &dyn Host, tarball: &Path) -> Result<Vec<PathBuf>> {
+/// Unpacks the runtime's executables into [`BIN_DIR`], `required` among them. The tarball may
+/// hold them flat, under `bin/`, `usr/local/bin/` or `docker/` (docker's static bundle);
+/// anything else in it is refused by name.
+pub fn unpack_binaries(host: &dyn Host, tarball: &Path, required: &str) -> Result<Vec<PathBuf>> {
     let file = std::fs::File::open(tarball).map_err(Error::io("open", tarball))?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let mut written = Vec::new();
@@ -157,8 +158,8 @@ fn unpack_binaries(host: &dyn Host, tarball: &Path) -> Result<Vec<PathBuf>> {
         write_file(host, &target, &bytes, 0o755)?;
         written.push(target);
     }
-    if !written.iter().any(|p| p.ends_with("containerd")) {
-        return Err(Error::Runtime(format!("'{}' holds no containerd executable", tarball.display())));
+    if !written.iter().any(|p| p.ends_with(required)) {
+        return Err(Error::Runtime(format!("'{}' holds no {required} executable", tarball.display())));
     }
     Ok(written)
 }
@@ -175,7 +176,7 @@ fn binary_name(path: &Path) -> Option<String> {
         })
         .collect::<Option<_>>()?;
     match parts.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        [name] | ["bin", name] | ["usr", "local", "bin", name] => Some(name.to_string()),
+        [name] | ["bin" | "docker", name] | ["usr", "local", "bin", name] => Some(name.to_string()),
         _ => None,
     }
 }
@@ -252,22 +253,64 @@ pub fn render_unit(unit: &str, host: &dyn Host) -> Result<String> {
         host.path(&Path::new(BIN_DIR).join("containerd")).display(),
         host.path(Path::new(CONFIG)).display()
     );
+    replace_exec_start(unit, &exec, "containerd.service")
+}
+
+/// `unit` (named `name` in errors) with its `ExecStart` lines replaced by `exec`.
+pub fn replace_exec_start(unit: &str, exec: &str, name: &str) -> Result<String> {
     let mut found = false;
-    let lines: Vec<String> = unit
+    let lines: Vec<&str> = unit
         .lines()
         .map(|line| {
             if line.trim_start().starts_with("ExecStart=") {
                 found = true;
-                exec.clone()
+                exec
             } else {
-                line.to_string()
+                line
             }
         })
         .collect();
     if !found {
-        return Err(Error::Runtime("the image's containerd.service has no ExecStart line".into()));
+        return Err(Error::Runtime(format!("the image's {name} has no ExecStart line")));
     }
     Ok(lines.join("\n") + "\n")
+}
+
+/// The container runtime an image ships in `cri/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// `cri/containerd.tar.gz`.
+    Containerd,
+    /// `cri/docker.tar.gz`, driven by the kubelet's dockershim.
+    Docker,
+}
+
+impl Runtime {
+    /// The runtime of the rootfs at `rootfs`: containerd when it ships both; containerd too
+    /// when it ships none, whose absence the runtime step reports.
+    pub fn of(rootfs: &Path) -> Runtime {
+        if !rootfs.join(TARBALL).is_file() && rootfs.join(crate::docker::TARBALL).is_file() {
+            Runtime::Docker
+        } else {
+            Runtime::Containerd
+        }
+    }
+
+    /// The runtime's name, as `status` and the plan show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Containerd => "containerd",
+            Runtime::Docker => "docker",
+        }
+    }
+
+    /// The socket kubeadm's `criSocket` names for this runtime.
+    pub fn cri_socket(self) -> &'static str {
+        match self {
+            Runtime::Containerd => crate::kubeadm::CONTAINERD_SOCKET,
+            Runtime::Docker => crate::docker::DOCKERSHIM_SOCKET,
+        }
+    }
 }
 
 /// Empties containerd's Kubernetes namespace (`k8s.io`): its containers removed

@@ -16,6 +16,7 @@
 
 pub mod arch;
 pub mod cri;
+pub mod docker;
 pub mod error;
 pub mod extract;
 pub mod host;

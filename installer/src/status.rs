@@ -99,8 +99,9 @@ pub fn gather(host: &dyn Host, name: &str) -> Result<Option<Status>> {
 
     let mut versions =
         vec![Version { program: "kubeferry".into(), version: env!("CARGO_PKG_VERSION").into() }];
-    let programs: [(&str, &Path, &[&str]); 3] = [
+    let programs: [(&str, &Path, &[&str]); 4] = [
         ("containerd", &Path::new(cri::BIN_DIR).join("containerd"), &["--version"]),
+        ("docker", &Path::new(cri::BIN_DIR).join("dockerd"), &["--version"]),
         ("kubelet", &kubernetes_bin("kubelet"), &["--version"]),
         ("kubeadm", &kubernetes_bin("kubeadm"), &["version", "-o", "short"]),
     ];

@@ -4,8 +4,8 @@
 //!
 //! # Order
 //!
-//! 1. [`Phase::Reset`]: `kubeadm reset -f` when `kubeadm init` started, while containerd still
-//!    runs (kubeadm removes the cluster's containers through it). Without `--purge` the cluster's
+//! 1. [`Phase::Reset`]: `kubeadm reset -f` when `kubeadm init` started, while the runtime still
+//!    runs (the cluster's containers are removed through it first). Without `--purge` the cluster's
 //!    identity and data are kept: `/etc/kubernetes/pki` and `/var/lib/etcd`, which kubeadm
 //!    reset deletes, are moved aside for the reset and back after it.
 //! 2. [`Phase::Services`]: every unit the install enabled or started is stopped and disabled,
@@ -39,11 +39,14 @@ use crate::{cri, mounts};
 /// kubeferry's files: kept unless `--purge`. Besides the data, containerd makes its `opt` plugin's
 /// directory and the kubelet the control plane's host mounts (the FlexVolume plugins, the API
 /// server's audit log) when they start.
-pub const CLUSTER_DATA: [&str; 12] = [
+pub const CLUSTER_DATA: [&str; 15] = [
     "/etc/kubernetes",
     "/var/lib/etcd",
     "/var/lib/kubelet",
     "/var/lib/containerd",
+    "/var/lib/docker",
+    "/var/lib/dockershim",
+    "/etc/docker/key.json",
     "/var/lib/cni",
     "/etc/cni/net.d",
     "/root/.kube/cache",
@@ -63,8 +66,10 @@ pub const MOUNT_DIRS: [&str; 1] = ["/etc/ssl/certs"];
 /// etcd's data, enough to bring the same cluster back.
 pub const KEPT_FROM_RESET: [&str; 2] = ["/etc/kubernetes/pki", "/var/lib/etcd"];
 
-/// Runtime state, gone with the services (a tmpfs on a real host).
-pub const RUNTIME_STATE: [&str; 1] = ["/run/containerd"];
+/// Runtime state, gone with the services (a tmpfs on a real host): containerd's, and docker's
+/// with the socket and pid file a dockerd that was killed leaves.
+pub const RUNTIME_STATE: [&str; 5] =
+    ["/run/containerd", "/run/docker", "/run/docker.pid", "/var/run/docker.sock", "/var/run/dockershim.sock"];
 
 /// Directories of the system that uninstall never removes, even when it leaves them empty.
 pub const SYSTEM_DIRS: [&str; 22] = [
@@ -302,6 +307,7 @@ fn reset(host: &dyn Host, state: &State, purge: bool) -> Result<()> {
     // its mounts under /run/containerd.
     host.stop_service(KUBELET_UNIT_NAME)?;
     cri::remove_kubernetes_containers(host, cri::READY_TIMEOUT)?;
+    crate::docker::remove_kubernetes_containers(host)?;
     // The pods' volumes too, which kubeadm reset would otherwise try to delete while mounted.
     unmount_below(host, Path::new(KUBELET_DIR))?;
     let result = host.run(Command::new(&kubeadm).args(["reset", "-f"]));

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -156,4 +157,141 @@ fn containerd_pulls_an_image_through_the_bundled_registry() {
         .arg(&reference));
     let images = ok(ctr().args(["images", "ls"]));
     assert!(images.contains(&reference) && images.contains(&p.made.app.manifest.digest), "{images}");
+}
+
+/// A rootfs whose `cri/docker.tar.gz` is docker's static bundle layout made of Debian's
+/// docker.io, containerd, runc and tini (packaging/example-rootfs/docker-tarball.sh), with
+/// `daemon_json` as its `etc/daemon.json`.
+fn docker_rootfs(dir: &std::path::Path, daemon_json: Option<&str>) -> PathBuf {
+    static TARBALL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let tarball = TARBALL.get_or_init(|| {
+        let file = kubeferry_tests::root().join("target/test-docker/docker.tar.gz");
+        ok(Command::new(kubeferry_tests::root().join("packaging/example-rootfs/docker-tarball.sh"))
+            .arg(&file));
+        file
+    });
+    let rootfs = dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("cri")).unwrap();
+    fs::copy(tarball, rootfs.join("cri/docker.tar.gz")).unwrap();
+    if let Some(text) = daemon_json {
+        write(&rootfs.join("etc/daemon.json"), text);
+    }
+    rootfs
+}
+
+/// Stops the dockerd a test started as its service gracefully (its containerd with it), and
+/// removes what dockerd writes outside the test root whatever its configuration says.
+struct Dockerd<'a> {
+    host: &'a RootedHost,
+    key_json_before: bool,
+}
+
+impl Drop for Dockerd<'_> {
+    fn drop(&mut self) {
+        if let Ok(pid) = fs::read_to_string(self.host.root.join("run/docker.pid")) {
+            let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
+            for _ in 0..100 {
+                if !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        // dockerd 20.10's trust key and plugin directory.
+        if !self.key_json_before {
+            let _ = fs::remove_file("/etc/docker/key.json");
+        }
+        let _ = fs::remove_dir("/run/docker/plugins");
+        let _ = fs::remove_dir("/run/docker");
+    }
+}
+
+/// docker from the bundle's `cri/docker.tar.gz` starts with the image's daemon.json merged with
+/// what the install owns, answers on its socket below the root, and pulls an image through the
+/// bundled registry with the registry's credentials; the kubelet gets them too.
+#[test]
+fn docker_from_the_bundle_starts_and_pulls_through_the_bundled_registry() {
+    use kubeferry_installer::docker;
+    use kubeferry_installer::registry::{Credentials, Registry, RegistryConfig, Users};
+    use kubeferry_tests::images::pushed;
+
+    let p = pushed();
+    let credentials = Credentials::new("kubeferry", "docker-pull-secret").unwrap();
+    let users =
+        Users::parse(&credentials.htpasswd_line().unwrap(), std::path::Path::new("htpasswd")).unwrap();
+    let served = Registry::start(RegistryConfig {
+        root: p.storage.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 4,
+        users: Some(users),
+    })
+    .unwrap();
+    let registry = served.local_addr().to_string();
+
+    let tmp = tempfile::tempdir().unwrap();
+    // sealer's daemon.json, with its mirror and a cgroup driver the install replaces.
+    let rootfs = docker_rootfs(
+        tmp.path(),
+        Some(
+            r#"{"max-concurrent-downloads": 10, "exec-opts": ["native.cgroupdriver=systemd"], "registry-mirrors": ["https://sea.hub:5000"]}"#,
+        ),
+    );
+    let host = RootedHost::new(&tmp.path().join("host"));
+    let settings = RuntimeSettings {
+        registry: registry.clone(),
+        systemd_cgroup: false,
+        sandbox_image: None,
+        credentials: Some(credentials.clone()),
+    };
+    let guard =
+        Dockerd { host: &host, key_json_before: std::path::Path::new("/etc/docker/key.json").exists() };
+    let installed = docker::install(&host, &rootfs, &settings).unwrap_or_else(|e| {
+        panic!("{e:?}\nlog:\n{}\ndocker:\n{}", host.log_text(), host.service_log("docker.service"))
+    });
+
+    let root = &host.root;
+    for file in
+        ["usr/local/bin/dockerd", "usr/local/bin/docker-init", "usr/local/bin/runc", "etc/docker/daemon.json"]
+    {
+        assert!(root.join(file).is_file(), "{file}");
+        assert!(installed.files.contains(&PathBuf::from("/").join(file)), "{file} recorded");
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(root.join("etc/docker/daemon.json")).unwrap()).unwrap();
+    assert_eq!(config["max-concurrent-downloads"], 10, "the image's settings kept");
+    assert_eq!(config["exec-opts"], serde_json::json!(["native.cgroupdriver=cgroupfs"]));
+    assert_eq!(config["data-root"], root.join("var/lib/docker").display().to_string());
+
+    // The real dockerd answers below the root, with the install's settings.
+    let info = ok(docker::docker(&host).args([
+        "info",
+        "--format",
+        "{{.DockerRootDir}} {{.CgroupDriver}} {{json .RegistryConfig.IndexConfigs}}",
+    ]));
+    assert!(info.starts_with(&format!("{} cgroupfs ", root.join("var/lib/docker").display())), "{info}");
+    assert!(info.contains(&format!("\"{registry}\"")) && info.contains("\"Secure\":false"), "{info}");
+
+    // A pull without the credentials is refused; the kubelet's credentials file has them, and
+    // docker pulls with them.
+    let reference = format!("{registry}/library/app:v1");
+    let (code, _, err) = run(docker::docker(&host).args(["pull", &reference]));
+    assert_ne!(code, 0, "pulled without credentials");
+    assert!(err.contains("no basic auth credentials") || err.contains("unauthorized"), "{err}");
+    let kubelet = root.join("var/lib/kubelet/config.json");
+    assert_eq!(fs::metadata(&kubelet).unwrap().permissions().mode() & 0o777, 0o600);
+    let client = tmp.path().join("client");
+    fs::create_dir_all(&client).unwrap();
+    fs::copy(&kubelet, client.join("config.json")).unwrap();
+    ok(docker::docker(&host).env("DOCKER_CONFIG", &client).args(["pull", &reference]));
+    let images = ok(docker::docker(&host).args([
+        "images",
+        "--digests",
+        "--format",
+        "{{.Repository}}:{{.Tag}} {{.Digest}}",
+    ]));
+    assert!(
+        images.contains(&format!("{registry}/library/app:v1 {}", p.made.app.manifest.digest)),
+        "{images}"
+    );
+    drop(guard);
 }

@@ -180,7 +180,8 @@ pub fn rendered_configuration(
     kubernetes_version: Option<&str>,
 ) -> Result<(String, Values, PathBuf)> {
     let (template, source) = image_configuration(rootfs)?;
-    let values = configuration_values(config, kubernetes_version, &source)?;
+    let mut values = configuration_values(config, kubernetes_version, &source)?;
+    values.cri_socket = crate::cri::Runtime::of(rootfs).cri_socket().into();
     let mut rendered = kubeadm::render(&template, &values).map_err(kubeadm_error("render", &source))?;
     if let Some(user) = &config.kubeadm_config {
         let text = fs::read_to_string(user).map_err(Error::io("read", user))?;
@@ -306,6 +307,22 @@ Then you can join any number of worker nodes by running the following on each as
 kubeadm join 10.0.0.10:6443 --token abcdef.0123456789abcdef \\
     --discovery-token-ca-cert-hash sha256:2f1b5aa0c4a14a2e4a1f4b5c6d7e8f90112233445566778899aabbccddeeff00 
 ";
+
+    #[test]
+    fn the_cri_socket_is_the_runtime_s() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path();
+        std::fs::create_dir_all(rootfs.join("cri")).unwrap();
+        let config = InstallConfig::new("edge", "edge.run");
+        let socket = || {
+            let (rendered, _, _) = rendered_configuration(rootfs, &config, Some("v1.20.2")).unwrap();
+            kubeadm::summarize(&rendered).unwrap().cri_socket.unwrap()
+        };
+        std::fs::write(rootfs.join(crate::docker::TARBALL), "").unwrap();
+        assert_eq!(socket(), crate::docker::DOCKERSHIM_SOCKET);
+        std::fs::write(rootfs.join(crate::cri::TARBALL), "").unwrap();
+        assert_eq!(socket(), kubeadm::CONTAINERD_SOCKET, "containerd wins when the image ships both");
+    }
 
     #[test]
     fn the_join_commands_of_kubeadm_init() {

@@ -60,7 +60,7 @@ const DEFAULT_UNIT: &str = "# The kubelet, written by kubeferry.
 Description=kubelet: The Kubernetes Node Agent
 Documentation=https://kubernetes.io/docs/home/
 Wants=network-online.target
-After=network-online.target containerd.service
+After=network-online.target containerd.service docker.service
 
 [Service]
 ExecStart=/usr/bin/kubelet

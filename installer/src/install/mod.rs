@@ -245,6 +245,13 @@ pub fn plan(host: &dyn Host, verified: &Verified, config: &InstallConfig) -> Res
     let state = load_state(host, &verified.manifest.name)?.unwrap_or_default();
     let registry = format!("{}:{}", config.registry_domain, config.registry_port);
     let rootfs = config.rootfs_dir.display();
+    let runtime = match verified.manifest.cri.as_deref() {
+        Some("docker") => cri::Runtime::Docker,
+        _ => cri::Runtime::Containerd,
+    };
+    if runtime == cri::Runtime::Docker {
+        crate::docker::check_kubernetes_version(verified.manifest.kubernetes_version.as_deref())?;
+    }
     let steps = config
         .steps()
         .iter()
@@ -254,9 +261,13 @@ pub fn plan(host: &dyn Host, verified: &Verified, config: &InstallConfig) -> Res
             summary: match id {
                 StepId::Extract => format!("unpack the verified rootfs into '{rootfs}'"),
                 StepId::Runtime => format!(
-                    "install containerd from {}/{} into {}, pulling from {registry}, and start it",
+                    "install {} from {}/{} into {}, pulling from {registry}, and start it",
+                    runtime.name(),
                     rootfs,
-                    cri::TARBALL,
+                    match runtime {
+                        cri::Runtime::Containerd => cri::TARBALL,
+                        cri::Runtime::Docker => crate::docker::TARBALL,
+                    },
                     cri::BIN_DIR
                 ),
                 StepId::Registry if config.join.is_some() => format!(
@@ -531,7 +542,10 @@ pub fn run(
                             sandbox_image: None,
                             credentials: config.registry_credentials.clone(),
                         };
-                        cri::install_containerd(host, &rootfs, &settings)?;
+                        match cri::Runtime::of(&rootfs) {
+                            cri::Runtime::Containerd => cri::install_containerd(host, &rootfs, &settings)?,
+                            cri::Runtime::Docker => crate::docker::install(host, &rootfs, &settings)?,
+                        };
                     }
                 }
             }

@@ -562,14 +562,12 @@ pub fn default_config() -> &'static str {
 }
 
 const DEFAULT_CONFIG: &str = r#"# kubeferry's default kubeadm configuration, used when the image ships no etc/kubeadm.yml.
-# kubeferry writes localAPIEndpoint.advertiseAddress, the kubelet's node-ip and
-# kubernetesVersion itself.
+# kubeferry writes localAPIEndpoint.advertiseAddress, the kubelet's node-ip, the runtime's
+# criSocket and kubernetesVersion itself.
 apiVersion: kubeadm.k8s.io/v1beta2
 kind: InitConfiguration
 localAPIEndpoint:
   bindPort: 6443
-nodeRegistration:
-  criSocket: /run/containerd/containerd.sock
 ---
 apiVersion: kubeadm.k8s.io/v1beta2
 kind: ClusterConfiguration
@@ -669,8 +667,6 @@ kind: JoinConfiguration
 caCertPath: /etc/kubernetes/pki/ca.crt
 discovery:
   timeout: 5m0s
-nodeRegistration:
-  criSocket: /run/containerd/containerd.sock
 "#;
 
 /// What the installer needs to know of a final configuration.
