@@ -72,7 +72,7 @@ pub const RUNTIME_STATE: [&str; 5] =
     ["/run/containerd", "/run/docker", "/run/docker.pid", "/var/run/docker.sock", "/var/run/dockershim.sock"];
 
 /// Directories of the system that uninstall never removes, even when it leaves them empty.
-pub const SYSTEM_DIRS: [&str; 22] = [
+pub const SYSTEM_DIRS: [&str; 23] = [
     "/",
     "/etc",
     "/etc/systemd",
@@ -90,6 +90,7 @@ pub const SYSTEM_DIRS: [&str; 22] = [
     "/var",
     "/var/lib",
     "/var/log",
+    "/var/run",
     "/run",
     "/opt",
     "/root",

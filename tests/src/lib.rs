@@ -229,6 +229,56 @@ pub fn example_rootfs() -> &'static Path {
     })
 }
 
+/// `cri/docker.tar.gz` in docker's static bundle layout, made of Debian's docker.io,
+/// containerd, runc and tini by packaging/example-rootfs/docker-tarball.sh (once per run).
+pub fn docker_tarball() -> &'static Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let file = root().join("target/test-docker/docker.tar.gz");
+        must(
+            Command::new(root().join("packaging/example-rootfs/docker-tarball.sh")).arg(&file),
+            "docker-tarball.sh",
+        );
+        file
+    })
+}
+
+/// Removes, when dropped, what dockerd 20.10 writes outside its configured directories
+/// whatever its configuration says (its trust key `/etc/docker/key.json`, its plugin
+/// directory `/run/docker/plugins`), unless they were there before.
+#[derive(Debug)]
+pub struct DockerdFiles {
+    key_json_before: bool,
+    run_docker_before: bool,
+}
+
+impl DockerdFiles {
+    pub fn new() -> DockerdFiles {
+        DockerdFiles {
+            key_json_before: Path::new("/etc/docker/key.json").exists(),
+            run_docker_before: Path::new("/run/docker").exists(),
+        }
+    }
+}
+
+impl Default for DockerdFiles {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for DockerdFiles {
+    fn drop(&mut self) {
+        if !self.key_json_before {
+            let _ = fs::remove_file("/etc/docker/key.json");
+        }
+        if !self.run_docker_before {
+            let _ = fs::remove_dir("/run/docker/plugins");
+            let _ = fs::remove_dir("/run/docker");
+        }
+    }
+}
+
 /// Whether `child` ended at once because exec found its program busy ("Text file busy"):
 /// watched for at most 300 ms, after which a program that runs has got past its exec.
 fn exec_was_busy(child: &mut std::process::Child, log: &Path) -> bool {
@@ -355,8 +405,7 @@ impl kubeferry_installer::host::Host for RootedHost {
     fn stop_service(&self, unit: &str) -> kubeferry_installer::Result<()> {
         let mut services = self.services.lock().unwrap();
         for (_, child) in services.iter_mut().filter(|(name, _)| name == unit) {
-            let _ = child.kill();
-            let _ = child.wait();
+            stop(child);
         }
         services.retain(|(name, _)| name != unit);
         Ok(())
@@ -399,11 +448,26 @@ impl kubeferry_installer::host::Host for RootedHost {
 
 impl Drop for RootedHost {
     fn drop(&mut self) {
-        for (_, child) in self.services.lock().unwrap().iter_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for (_, child) in self.services.lock().unwrap().iter_mut().rev() {
+            stop(child);
         }
     }
+}
+
+/// Stops a service's process as systemd does: SIGTERM, then SIGKILL if it has not ended
+/// within 10 s (dockerd stops the containerd it started only when it ends this way).
+fn stop(child: &mut std::process::Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        for _ in 0..100 {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Makes `root` look like a host before anything is installed: the system's directories, an

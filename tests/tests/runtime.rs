@@ -179,33 +179,6 @@ fn docker_rootfs(dir: &std::path::Path, daemon_json: Option<&str>) -> PathBuf {
     rootfs
 }
 
-/// Stops the dockerd a test started as its service gracefully (its containerd with it), and
-/// removes what dockerd writes outside the test root whatever its configuration says.
-struct Dockerd<'a> {
-    host: &'a RootedHost,
-    key_json_before: bool,
-}
-
-impl Drop for Dockerd<'_> {
-    fn drop(&mut self) {
-        if let Ok(pid) = fs::read_to_string(self.host.root.join("run/docker.pid")) {
-            let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
-            for _ in 0..100 {
-                if !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        }
-        // dockerd 20.10's trust key and plugin directory.
-        if !self.key_json_before {
-            let _ = fs::remove_file("/etc/docker/key.json");
-        }
-        let _ = fs::remove_dir("/run/docker/plugins");
-        let _ = fs::remove_dir("/run/docker");
-    }
-}
-
 /// docker from the bundle's `cri/docker.tar.gz` starts with the image's daemon.json merged with
 /// what the install owns, answers on its socket below the root, and pulls an image through the
 /// bundled registry with the registry's credentials; the kubelet gets them too.
@@ -236,6 +209,8 @@ fn docker_from_the_bundle_starts_and_pulls_through_the_bundled_registry() {
             r#"{"max-concurrent-downloads": 10, "exec-opts": ["native.cgroupdriver=systemd"], "registry-mirrors": ["https://sea.hub:5000"]}"#,
         ),
     );
+    // Dropped after the host, which stops dockerd.
+    let _dockerd_files = DockerdFiles::new();
     let host = RootedHost::new(&tmp.path().join("host"));
     let settings = RuntimeSettings {
         registry: registry.clone(),
@@ -243,8 +218,6 @@ fn docker_from_the_bundle_starts_and_pulls_through_the_bundled_registry() {
         sandbox_image: None,
         credentials: Some(credentials.clone()),
     };
-    let guard =
-        Dockerd { host: &host, key_json_before: std::path::Path::new("/etc/docker/key.json").exists() };
     let installed = docker::install(&host, &rootfs, &settings).unwrap_or_else(|e| {
         panic!("{e:?}\nlog:\n{}\ndocker:\n{}", host.log_text(), host.service_log("docker.service"))
     });
@@ -293,5 +266,4 @@ fn docker_from_the_bundle_starts_and_pulls_through_the_bundled_registry() {
         images.contains(&format!("{registry}/library/app:v1 {}", p.made.app.manifest.digest)),
         "{images}"
     );
-    drop(guard);
 }

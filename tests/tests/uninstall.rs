@@ -150,3 +150,64 @@ fn status_then_uninstall_without_purge_which_keeps_the_runtimes_data() {
         "127.0.0.1 localhost\n::1 localhost ip6-localhost\n"
     );
 }
+
+/// The same with docker as the image's runtime (`cri/docker.tar.gz` instead of containerd,
+/// Debian's real dockerd): installed, answering, kubeadm given the dockershim's socket, then
+/// `uninstall --purge` leaves the root as it was and no dockerd or containerd of it running.
+#[test]
+fn with_docker_uninstall_purge_leaves_the_host_as_it_was() {
+    use kubeferry_installer::docker;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = kubernetes_rootfs(tmp.path());
+    fs::remove_file(rootfs.join("amd64/cri/containerd.tar.gz")).unwrap();
+    fs::create_dir_all(rootfs.join("cri")).unwrap();
+    fs::copy(docker_tarball(), rootfs.join("cri/docker.tar.gz")).unwrap();
+    // The image names no socket: the install gives the runtime's.
+    let kubeadm = fs::read_to_string(rootfs.join("etc/kubeadm.yml")).unwrap();
+    let kubeadm: String =
+        kubeadm.lines().filter(|l| !l.contains("criSocket")).map(|l| format!("{l}\n")).collect();
+    write(&rootfs.join("etc/kubeadm.yml"), kubeadm);
+    let (bundle, verified) = open_bundle(tmp.path(), &rootfs);
+    assert_eq!(verified.manifest.cri.as_deref(), Some("docker"));
+    // Dropped after the host, which stops dockerd.
+    let _dockerd_files = DockerdFiles::new();
+    let host = RootedHost::new(&tmp.path().join("host"));
+    host_skeleton(&host.root);
+    let before = snapshot(&host.root);
+
+    install::run(&host, &bundle, &verified, &config(), &Silent).unwrap_or_else(|e| {
+        panic!("{e}\n{}\ndocker:\n{}", host.log_text(), host.service_log("docker.service"))
+    });
+    let state = install::load_state(&host, "example").unwrap().unwrap();
+    assert_eq!(state.services, ["docker.service", "kubeferry-registry.service", "kubelet.service"]);
+    let info = ok(docker::docker(&host).args(["info", "--format", "{{.DockerRootDir}}"]));
+    assert_eq!(info.trim(), host.root.join("var/lib/docker").display().to_string());
+    let rendered = fs::read_to_string(host.root.join("etc/kubernetes/kubeadm-kubeferry.yaml")).unwrap();
+    assert!(rendered.contains("criSocket: /var/run/dockershim.sock"), "{rendered}");
+    assert!(!rendered.contains("containerd.sock"), "{rendered}");
+    let shown = status::gather(&host, "example").unwrap().unwrap();
+    assert!(
+        shown.versions.iter().any(|v| v.program == "docker" && v.version.starts_with("20.10")),
+        "{shown:?}"
+    );
+
+    let report = uninstall::run(&host, "example", &UninstallOptions { purge: true, fail_after: None })
+        .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
+    assert!(report.installed && report.kept.is_empty(), "{report:?}");
+    let processes = ok(Command::new("ps").args(["-eo", "args"]));
+    assert!(
+        !processes.contains(host.root.to_str().unwrap()),
+        "a process of the root still runs:\n{processes}"
+    );
+    let after = snapshot(&host.root);
+    let diff: Vec<String> = before
+        .iter()
+        .filter(|(path, desc)| after.get(*path) != Some(desc))
+        .map(|(path, desc)| format!("- {path}: {desc}"))
+        .chain(
+            after.iter().filter(|(path, _)| !before.contains_key(*path)).map(|(p, d)| format!("+ {p}: {d}")),
+        )
+        .collect();
+    assert!(diff.is_empty(), "the root differs from before the install:\n{}", diff.join("\n"));
+}
