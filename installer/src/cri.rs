@@ -410,13 +410,26 @@ pub fn remove_kubernetes_containers(host: &dyn Host, timeout: Duration) -> Resul
 pub fn wait_ready(host: &dyn Host, timeout: Duration) -> Result<()> {
     let socket = host.path(Path::new(SOCKET));
     let ctr = host.path(&Path::new(BIN_DIR).join("ctr"));
+    wait_answering(host, "containerd", &socket, timeout, || {
+        Ok(host.run(Command::new(&ctr).arg("--address").arg(&socket).arg("version"))?.contains("Server:"))
+    })
+}
+
+/// Waits until the runtime `name` accepts connections on `socket` and `answers` says it
+/// answers; an error of `answers` after `timeout` is the error.
+pub fn wait_answering(
+    host: &dyn Host,
+    name: &str,
+    socket: &Path,
+    timeout: Duration,
+    mut answers: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let start = Instant::now();
     loop {
-        if UnixStream::connect(&socket).is_ok() {
-            let answered = host.run(Command::new(&ctr).arg("--address").arg(&socket).arg("version"));
-            match answered {
-                Ok(out) if out.contains("Server:") => {
-                    host.log(&format!("containerd answers on {}", socket.display()));
+        if UnixStream::connect(socket).is_ok() {
+            match answers() {
+                Ok(true) => {
+                    host.log(&format!("{name} answers on {}", socket.display()));
                     return Ok(());
                 }
                 Err(e) if start.elapsed() > timeout => return Err(e),
@@ -425,7 +438,7 @@ pub fn wait_ready(host: &dyn Host, timeout: Duration) -> Result<()> {
         }
         if start.elapsed() > timeout {
             return Err(Error::Runtime(format!(
-                "containerd did not answer on '{}' within {} s; see its service's log",
+                "{name} did not answer on '{}' within {} s; see its service's log",
                 socket.display(),
                 timeout.as_secs()
             )));

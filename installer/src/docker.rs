@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
@@ -225,27 +225,9 @@ pub fn docker(host: &dyn Host) -> Command {
 /// Waits until dockerd answers `docker version` on its socket.
 pub fn wait_ready(host: &dyn Host, timeout: Duration) -> Result<()> {
     let socket = host.path(Path::new(SOCKET));
-    let start = Instant::now();
-    loop {
-        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-            match host.run(docker(host).args(["version", "--format", "{{.Server.Version}}"])) {
-                Ok(version) if !version.trim().is_empty() => {
-                    host.log(&format!("docker {} answers on {}", version.trim(), socket.display()));
-                    return Ok(());
-                }
-                Err(e) if start.elapsed() > timeout => return Err(e),
-                _ => {}
-            }
-        }
-        if start.elapsed() > timeout {
-            return Err(Error::Runtime(format!(
-                "docker did not answer on '{}' within {} s; see its service's log",
-                socket.display(),
-                timeout.as_secs()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    cri::wait_answering(host, "docker", &socket, timeout, || {
+        Ok(!host.run(docker(host).args(["version", "--format", "{{.Server.Version}}"]))?.trim().is_empty())
+    })
 }
 
 /// Removes the containers the kubelet's dockershim made (named `k8s_...`), as `kubeadm reset`

@@ -176,6 +176,20 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 /// What a tree holds, for comparing two trees: path → description (type, mode, content
 /// digest or link target, and which paths share an inode).
+/// What differs between two [`snapshot`]s, a line per path (`- PATH: BEFORE`, `+ PATH: NEW`);
+/// empty when they are the same.
+pub fn snapshot_diff(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> String {
+    before
+        .iter()
+        .filter(|(path, desc)| after.get(*path) != Some(desc))
+        .map(|(path, desc)| format!("- {path}: {desc}"))
+        .chain(
+            after.iter().filter(|(path, _)| !before.contains_key(*path)).map(|(p, d)| format!("+ {p}: {d}")),
+        )
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn snapshot(dir: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut inodes: BTreeMap<u64, String> = BTreeMap::new();

@@ -53,21 +53,6 @@ fn standin_join() -> kubeferry_installer::kubeadm::JoinCommands {
     }
 }
 
-fn diff(
-    before: &std::collections::BTreeMap<String, String>,
-    after: &std::collections::BTreeMap<String, String>,
-) -> String {
-    before
-        .iter()
-        .filter(|(path, desc)| after.get(*path) != Some(desc))
-        .map(|(path, desc)| format!("- {path}: {desc}"))
-        .chain(
-            after.iter().filter(|(path, _)| !before.contains_key(*path)).map(|(p, d)| format!("+ {p}: {d}")),
-        )
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// A failure injected after each step, then a run that resumes at the next step, then a run
 /// that changes nothing, then `uninstall --purge`, after which the root is as it was.
 #[test]
@@ -108,7 +93,7 @@ fn install_resumes_after_a_failure_at_each_step_and_uninstall_undoes_it() {
         let report = uninstall::run(&host, "example", &UninstallOptions { purge: true, fail_after: None })
             .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
         assert!(report.installed);
-        let left = diff(&before, &snapshot(&host.root));
+        let left = snapshot_diff(&before, &snapshot(&host.root));
         assert!(left.is_empty(), "after uninstall --purge the root differs from before:\n{left}");
     }
 }
@@ -311,7 +296,7 @@ fn kubeadm_init_with_config_then_the_applications_with_the_images_cmd() {
         assert!(report.kept.contains(&PathBuf::from(kept)), "{kept}: {:?}", report.kept);
     }
     // What is left is the cluster's data alone.
-    let left = diff(&before, &snapshot(&host.root));
+    let left = snapshot_diff(&before, &snapshot(&host.root));
     for line in left.lines() {
         assert!(
             ["+ etc/kubernetes", "+ var/lib/etcd", "+ var/lib/kubelet", "+ var/lib/containerd"]
@@ -381,7 +366,7 @@ fn a_worker_joins_with_the_rendered_join_configuration_and_pulls_from_the_first_
     let calls = fs::read_to_string(tmp.path().join("host.logs/standin-calls")).unwrap();
     assert!(calls.lines().any(|l| l == "kubeadm reset -f"), "{calls}");
     let after = snapshot(&host.root);
-    assert!(before == after, "left behind:\n{}", diff(&before, &after));
+    assert!(before == after, "left behind:\n{}", snapshot_diff(&before, &after));
 }
 
 /// A sealer image's lifecycle scripts run instead of the built-in steps they replace: its
@@ -445,7 +430,7 @@ fn sealer_lifecycle_scripts_replace_the_built_in_steps_and_clean_up_on_uninstall
         .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
     assert!(fs::read_to_string(&log).unwrap().ends_with("clean\n"));
     let after = snapshot(&host.root);
-    assert!(before == after, "left behind:\n{}", diff(&before, &after));
+    assert!(before == after, "left behind:\n{}", snapshot_diff(&before, &after));
 }
 
 /// The registry step with credentials, against the real tools: `shipped` puts Debian's
@@ -595,7 +580,7 @@ fn registry_with_credentials(shipped: bool) {
     let report = uninstall::run(&host, "example", &UninstallOptions { purge: true, fail_after: None })
         .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
     assert!(report.installed);
-    let left = diff(&before, &snapshot(&host.root));
+    let left = snapshot_diff(&before, &snapshot(&host.root));
     assert!(left.is_empty(), "after uninstall --purge the root differs from before:\n{left}");
 }
 

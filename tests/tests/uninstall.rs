@@ -93,15 +93,8 @@ fn uninstall_purge_leaves_the_host_as_it_was_and_finishes_when_run_again() {
     }
 
     let after = snapshot(&host.root);
-    let diff: Vec<String> = before
-        .iter()
-        .filter(|(path, desc)| after.get(*path) != Some(desc))
-        .map(|(path, desc)| format!("- {path}: {desc}"))
-        .chain(
-            after.iter().filter(|(path, _)| !before.contains_key(*path)).map(|(p, d)| format!("+ {p}: {d}")),
-        )
-        .collect();
-    assert!(diff.is_empty(), "the root differs from before the install:\n{}", diff.join("\n"));
+    let diff = snapshot_diff(&before, &after);
+    assert!(diff.is_empty(), "the root differs from before the install:\n{diff}");
 
     // Nothing left to do.
     let report = uninstall::run(&host, "example", &UninstallOptions::default()).unwrap();
@@ -201,13 +194,6 @@ fn with_docker_uninstall_purge_leaves_the_host_as_it_was() {
         "a process of the root still runs:\n{processes}"
     );
     let after = snapshot(&host.root);
-    let diff: Vec<String> = before
-        .iter()
-        .filter(|(path, desc)| after.get(*path) != Some(desc))
-        .map(|(path, desc)| format!("- {path}: {desc}"))
-        .chain(
-            after.iter().filter(|(path, _)| !before.contains_key(*path)).map(|(p, d)| format!("+ {p}: {d}")),
-        )
-        .collect();
-    assert!(diff.is_empty(), "the root differs from before the install:\n{}", diff.join("\n"));
+    let diff = snapshot_diff(&before, &after);
+    assert!(diff.is_empty(), "the root differs from before the install:\n{diff}");
 }
