@@ -53,25 +53,54 @@ impl Drop for Guard {
             let _ = self.ctr().args(["tasks", "delete", "--force", CONTAINER]).output();
             let _ = self.ctr().args(["containers", "delete", CONTAINER]).output();
         }
+        // When containerd is gone already: the container's processes (by its cgroup) and its
+        // shim (by the socket below the root it names) are killed by hand.
+        let cgroups: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|controller| controller.path().join(NAMESPACE))
+            .collect();
+        let mut pids: Vec<String> = cgroups
+            .iter()
+            .filter_map(|dir| fs::read_to_string(dir.join(CONTAINER).join("cgroup.procs")).ok())
+            .flat_map(|procs| procs.lines().map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        pids.extend(processes_naming(&self.root.display().to_string()).into_iter().filter_map(
+            |(pid, cmdline)| (cmdline.contains("shim") && cmdline.contains(NAMESPACE)).then_some(pid),
+        ));
+        if !pids.is_empty() {
+            let _ = Command::new("kill").arg("-KILL").args(&pids).output();
+            std::thread::sleep(Duration::from_millis(500));
+            // A killed shim leaves its socket, named (containerd 1.6) by the SHA-256 of
+            // "ADDRESS/NAMESPACE/ID".
+            let address = self.root.join("run/containerd/containerd.sock");
+            let named = format!("{}/{NAMESPACE}/{CONTAINER}", address.display());
+            let hash = kubeferry_tests::images::sha256(named.as_bytes());
+            let _ = fs::remove_file(Path::new("/run/containerd/s").join(&hash[7..]));
+        }
         // containerd's runc shim keeps each namespace's state here whatever its `state` says.
-        let _ = fs::remove_dir(Path::new("/run/containerd/runc").join(NAMESPACE));
-        for controller in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let dir = controller.path().join(NAMESPACE);
+        let _ = fs::remove_dir_all(Path::new("/run/containerd/runc").join(NAMESPACE));
+        for dir in cgroups {
             let _ = fs::remove_dir(dir.join(CONTAINER));
             let _ = fs::remove_dir(&dir);
         }
     }
 }
 
-/// The processes whose command line names `needle` (a shim names its container and socket).
-fn processes_naming(needle: &str) -> Vec<String> {
+/// The processes whose command line names `needle` (a shim names its container and socket):
+/// (pid, command line).
+fn processes_naming(needle: &str) -> Vec<(String, String)> {
     fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
-        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(needle))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|pid| pid.chars().all(|c| c.is_ascii_digit()) && *pid != std::process::id().to_string())
+        .filter_map(|pid| {
+            let cmdline = fs::read(Path::new("/proc").join(&pid).join("cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+        })
+        .filter(|(_, c)| c.contains(needle))
         .collect()
 }
 
@@ -175,11 +204,13 @@ fn the_registry_image_runs_in_containerd_serves_the_storage_and_goes_with_uninst
             rootfs.join("registry").display()
         )]
     );
-    // Every host path of the unit is below the test root; the others are the container's.
+    // Every host path of the unit is below the test root or the rootfs it was given (the
+    // storage); the others are the container's.
     let unit = fs::read_to_string(host.path(Path::new(install::REGISTRY_UNIT))).unwrap();
     let container_paths = ["/var/lib/registry", "/etc/docker/registry/config.yml", "/auth/htpasswd"];
     for word in unit.split([' ', '\n', '=', ',']).filter(|w| w.starts_with('/')) {
-        assert!(word.starts_with(&root) || container_paths.contains(&word), "{word} in\n{unit}");
+        let given = word.starts_with(&root) || Path::new(word).starts_with(&rootfs);
+        assert!(given || container_paths.contains(&word), "{word} in\n{unit}");
     }
     let log = host.log_text();
     assert!(log.contains("the registry runs as the image's images/registry.tar in containerd"), "{log}");
@@ -228,8 +259,10 @@ fn the_registry_image_runs_in_containerd_serves_the_storage_and_goes_with_uninst
     registry_image::remove_container(&host).unwrap();
     assert_eq!(ok(guard.ctr().args(["containers", "ls", "--quiet"])).trim(), "");
     assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(), "the registry is gone");
-    let shims: Vec<String> =
-        processes_naming(&root).into_iter().filter(|c| c.contains("shim") && c.contains(NAMESPACE)).collect();
+    let shims: Vec<(String, String)> = processes_naming(&root)
+        .into_iter()
+        .filter(|(_, c)| c.contains("shim") && c.contains(NAMESPACE))
+        .collect();
     assert!(shims.is_empty(), "{shims:?}");
     registry_image::remove_container(&host).unwrap();
     drop(guard);
@@ -294,4 +327,52 @@ fn the_registry_image_asks_for_the_credentials_and_reads_the_images_configuratio
     assert_ne!(code, 0, "a pull without the credentials is refused");
     assert!(stderr.contains("401") || stderr.to_lowercase().contains("unauthorized"), "{stderr}");
     ok(ctr().args(["--user", "admin:passw0rd"]).arg(&reference));
+}
+
+/// The whole way through a real bundle: `build` keeps images/registry.tar as a file, the plan
+/// says the registry runs from it (before and after the extract), the install's runtime and
+/// registry steps run it, `status` sees it answer, and `uninstall --purge` leaves the root as
+/// it was with no process of the container left.
+#[test]
+fn a_bundle_with_the_registry_image_installs_it_and_uninstall_leaves_nothing() {
+    use kubeferry_installer::install::StepId;
+    use kubeferry_installer::progress::Silent;
+    use kubeferry_installer::uninstall::{self, UninstallOptions};
+
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let p = pushed();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = rootfs(tmp.path(), &p.storage, None);
+    let (bundle, verified) = open_bundle(tmp.path(), &rootfs);
+    let host = RootedHost::new(&tmp.path().join("host"));
+    host_skeleton(&host.root);
+    let guard = Guard { root: host.root.clone() };
+    let before = snapshot(&host.root);
+    let port = free_addr().port();
+    let config = InstallConfig {
+        registry_port: port,
+        fail_after: Some(StepId::Registry),
+        ..InstallConfig::new("example", "example.run")
+    };
+    let way = "run by the image's images/registry.tar in containerd";
+    let planned = install::plan_of_bundle(&host, &bundle, &verified, &config).unwrap();
+    assert!(planned.steps[2].summary.ends_with(way), "{}", planned.steps[2].summary);
+
+    let err = install::run(&host, &bundle, &verified, &config, &Silent).unwrap_err();
+    assert_eq!(err.to_string(), "could not go on after step 'registry'", "{}", host.log_text());
+    let planned = install::plan(&host, &verified, &config).unwrap();
+    assert!(planned.steps[2].summary.ends_with(way) && planned.steps[2].done, "{}", planned.steps[2].summary);
+    let status = kubeferry_installer::status::gather(&host, "example").unwrap().unwrap();
+    assert!(status.registry.as_ref().is_some_and(|r| r.answers), "{status}");
+    assert!(ok(guard.ctr().args(["tasks", "ls"])).contains(CONTAINER));
+
+    let report = uninstall::run(&host, "example", &UninstallOptions { purge: true, ..Default::default() })
+        .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
+    assert!(report.installed);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(), "the registry is gone");
+    let left = processes_naming(&host.root.display().to_string());
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(snapshot(&host.root), before, "{}", host.log_text());
+    drop(guard);
 }
