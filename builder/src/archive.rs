@@ -13,8 +13,9 @@
 //!   checked against its digest and size.
 //!
 //! Images are stored under their original repository names and tags in the distribution
-//! layout ([`crate::pull::store`]). `images/shim/` (sealos's image lists) and files of other
-//! kinds are left alone. An image for another architecture is skipped with a warning.
+//! layout ([`crate::pull::store`]). `images/shim/` (sealos's image lists), the registry's own
+//! image ([`REGISTRY_IMAGE`]) and files of other kinds are left alone. An image for another
+//! architecture is skipped with a warning.
 //!
 //! # Security
 //!
@@ -38,6 +39,11 @@ use crate::reference::Reference;
 
 /// The directory of sealos's image lists, which is not an archive.
 pub const SHIM_DIR: &str = "shim";
+/// The registry's own image (sealer's `images/registry.tar`, a `docker save` archive): not
+/// imported, since the registry it starts on the target cannot serve its own image, but kept
+/// in the bundle as a file, which the installer loads into the container runtime
+/// ([`kubeferry_installer::install::registry_image::ARCHIVE`]).
+pub const REGISTRY_IMAGE: &str = "registry.tar";
 /// The annotation containerd and docker write with an image's full name.
 pub const CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// The OCI annotation with an image's reference or tag.
@@ -126,6 +132,8 @@ pub fn import_archives(
             if name != SHIM_DIR && layout {
                 imported.extend(import_dir(&path, &path, &store, arch, reporter)?);
             }
+        } else if name == REGISTRY_IMAGE {
+            reporter.note(&format!("kept '{}' as a file: the registry's own image", path.display()));
         } else if is_tar_name(&name) {
             let scratch = tempfile::Builder::new()
                 .prefix(".kubeferry-archive-")
@@ -519,6 +527,14 @@ mod tests {
 
     use super::*;
     use crate::pull::manifest::{OCI_INDEX, OCI_MANIFEST};
+
+    #[test]
+    fn the_registry_image_kept_is_the_one_the_installer_runs() {
+        assert_eq!(
+            Path::new("images").join(REGISTRY_IMAGE),
+            Path::new(kubeferry_installer::install::registry_image::ARCHIVE)
+        );
+    }
 
     fn put(layout: &Path, bytes: &[u8]) -> serde_json::Value {
         let digest = format!("sha256:{:x}", Sha256::digest(bytes));

@@ -286,14 +286,22 @@ pub enum Runtime {
 }
 
 impl Runtime {
-    /// The runtime of the rootfs at `rootfs`: containerd when it ships both; containerd too
-    /// when it ships none, whose absence the runtime step reports.
-    pub fn of(rootfs: &Path) -> Runtime {
-        if !rootfs.join(TARBALL).is_file() && rootfs.join(crate::docker::TARBALL).is_file() {
-            Runtime::Docker
+    /// The runtime of a rootfs that holds the relative paths for which `has` is true:
+    /// containerd when it ships both, none when it ships neither.
+    pub fn shipped(has: impl Fn(&str) -> bool) -> Option<Runtime> {
+        if has(TARBALL) {
+            Some(Runtime::Containerd)
+        } else if has(crate::docker::TARBALL) {
+            Some(Runtime::Docker)
         } else {
-            Runtime::Containerd
+            None
         }
+    }
+
+    /// The runtime of the extracted rootfs at `rootfs`; containerd too when it ships none,
+    /// whose absence the runtime step reports.
+    pub fn of(rootfs: &Path) -> Runtime {
+        Runtime::shipped(|p| rootfs.join(p).is_file()).unwrap_or(Runtime::Containerd)
     }
 
     /// The runtime's name, as `status` and the plan show it.

@@ -179,6 +179,9 @@ pub enum Error {
     /// The bundled registry could not be set up or did not answer.
     #[error("the bundled registry cannot be served")]
     Registry(#[source] crate::registry::RegistryError),
+    /// The registry image of the rootfs (`images/registry.tar`) could not be loaded or run.
+    #[error("the registry image cannot be run: {0}")]
+    RegistryImage(String),
     /// The registry settings (flags or the image's ENV) cannot be used.
     #[error("the registry settings are not usable: {0}")]
     RegistrySettings(String),
@@ -229,7 +232,8 @@ impl Error {
             | Error::InstallUnavailable { .. }
             | Error::Command { .. }
             | Error::Runtime(_)
-            | Error::Registry(_) => exit::FAILED,
+            | Error::Registry(_)
+            | Error::RegistryImage(_) => exit::FAILED,
             Error::RegistrySettings(_) => exit::USAGE,
             Error::Key(KeyError::Io { .. }) => exit::FAILED,
             Error::WrongArch { .. } | Error::Preflight { .. } => exit::PREFLIGHT,

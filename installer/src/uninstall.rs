@@ -9,7 +9,7 @@
 //!    identity and data are kept: `/etc/kubernetes/pki` and `/var/lib/etcd`, which kubeadm
 //!    reset deletes, are moved aside for the reset and back after it.
 //! 2. [`Phase::Services`]: every unit the install enabled or started is stopped and disabled,
-//!    the last started first.
+//!    the last started first; the registry image's container is removed once its unit stopped.
 //! 3. [`Phase::Files`]: every file and directory recorded is removed (the rootfs too: it is
 //!    kubeferry's), the last written first; every file the install replaced comes back from
 //!    the state directory's `backup/`; directories left empty are removed up to the system's
@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::install::kubernetes::KUBELET_UNIT_NAME;
 use crate::install::state::{self, State};
-use crate::install::{StepId, registry};
+use crate::install::{REGISTRY_UNIT_NAME, StepId, registry};
 use crate::{cri, mounts};
 
 /// What `kubeadm init`, the kubelet and the runtime make that is the cluster's data rather than
@@ -197,6 +197,11 @@ pub fn run(host: &dyn Host, name: &str, options: &UninstallOptions) -> Result<Re
             Phase::Services => {
                 for unit in units(&state).iter().rev() {
                     host.stop_service(unit)?;
+                    if unit == REGISTRY_UNIT_NAME {
+                        // The container outlives the client its unit ran, and its runtime
+                        // (started earlier, stopped later) still answers.
+                        crate::install::registry_image::remove_container(host)?;
+                    }
                 }
             }
             Phase::Files => {

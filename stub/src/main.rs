@@ -462,7 +462,7 @@ fn install(file: &Path, args: &InstallArgs<'_>, trust: &TrustArgs, term: &Termin
         data: node.registry_data.clone(),
     };
     install::registry::apply_settings(&mut config, &flags, &m.image.env)?;
-    let plan = install::plan(&SystemHost::read_only(), &verified, &config)?;
+    let plan = install::plan_of_bundle(&SystemHost::read_only(), &bundle, &verified, &config)?;
     if node.dry_run {
         print!("{plan}");
         return Ok(());

@@ -297,3 +297,93 @@ pub fn htpasswd(dir: &Path, user: &str, password: &str) -> String {
     fs::write(&path, &out.stdout).unwrap();
     format!("auth:\n  htpasswd:\n    realm: kubeferry-test\n    path: {}\n", path.display())
 }
+
+/// A `docker save` archive (one layer) of a registry image made from Debian's docker-registry:
+/// the program, the shared libraries `ldd` names, and distribution's default configuration
+/// (storage in /var/lib/registry, port 5000), run as `docker-registry serve CONFIG`. Both
+/// `ctr images import` and `docker load` read it.
+pub fn registry_image_archive(out: &Path, repo_tag: &str) {
+    require_tools();
+    let ldd = ok(Command::new("ldd").arg(DOCKER_REGISTRY));
+    let mut files: Vec<(String, Vec<u8>, u32)> = vec![(
+        DOCKER_REGISTRY.trim_start_matches('/').to_string(),
+        fs::read(DOCKER_REGISTRY).unwrap(),
+        0o755,
+    )];
+    for line in ldd.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = line.split("=>").last().unwrap().split_whitespace().next().unwrap_or_default();
+        if path.starts_with('/') {
+            files.push((path.trim_start_matches('/').to_string(), fs::read(path).unwrap(), 0o755));
+        }
+    }
+    let config = "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\n\
+                  http:\n  addr: :5000\n";
+    files.push(("etc/docker/registry/config.yml".into(), config.as_bytes().to_vec(), 0o644));
+    files.push(("etc/passwd".into(), b"root:x:0:0:root:/root:/bin/sh\n".to_vec(), 0o644));
+
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut dirs: Vec<(String, u32)> = vec![("tmp".into(), 0o1777), ("var/lib/registry".into(), 0o755)];
+    for (path, _, _) in &files {
+        let mut parent = Path::new(path).parent();
+        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.push((dir.display().to_string(), 0o755));
+            parent = dir.parent();
+        }
+    }
+    dirs.push(("var".into(), 0o755));
+    dirs.push(("var/lib".into(), 0o755));
+    dirs.sort();
+    dirs.dedup_by(|a, b| a.0 == b.0);
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h
+    };
+    for (dir, mode) in &dirs {
+        let mut h = header(tar::EntryType::Directory, *mode, 0);
+        layer.append_data(&mut h, format!("{dir}/"), std::io::empty()).unwrap();
+    }
+    for (path, bytes, mode) in &files {
+        let mut h = header(tar::EntryType::Regular, *mode, bytes.len() as u64);
+        layer.append_data(&mut h, path, bytes.as_slice()).unwrap();
+    }
+    let layer = layer.into_inner().unwrap();
+    let diff_id = sha256(&layer);
+    let image_config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "created": "1970-01-01T00:00:00Z",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Entrypoint": [DOCKER_REGISTRY], "Cmd": ["serve", "/etc/docker/registry/config.yml"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    })
+    .to_string();
+    let config_name = format!("{}.json", &sha256(image_config.as_bytes())[7..]);
+    let layer_id = &diff_id[7..];
+    let manifest = serde_json::json!([{
+        "Config": config_name, "RepoTags": [repo_tag], "Layers": [format!("{layer_id}/layer.tar")],
+    }])
+    .to_string();
+    let (name, tag) = repo_tag.rsplit_once(':').unwrap();
+    let repositories = serde_json::json!({name: {tag: layer_id}}).to_string();
+    let mut archive = tar::Builder::new(fs::File::create(out).unwrap());
+    let mut h = header(tar::EntryType::Directory, 0o755, 0);
+    archive.append_data(&mut h, format!("{layer_id}/"), std::io::empty()).unwrap();
+    for (path, bytes) in [
+        (format!("{layer_id}/VERSION"), b"1.0".as_slice()),
+        (format!("{layer_id}/layer.tar"), layer.as_slice()),
+        (config_name.clone(), image_config.as_bytes()),
+        ("manifest.json".to_string(), manifest.as_bytes()),
+        ("repositories".to_string(), repositories.as_bytes()),
+    ] {
+        let mut h = header(tar::EntryType::Regular, 0o644, bytes.len() as u64);
+        archive.append_data(&mut h, path, bytes).unwrap();
+    }
+    archive.into_inner().unwrap().flush().unwrap();
+}

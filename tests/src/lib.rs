@@ -259,11 +259,26 @@ pub fn docker_tarball() -> &'static Path {
 
 /// Removes, when dropped, what dockerd 20.10 writes outside its configured directories
 /// whatever its configuration says (its trust key `/etc/docker/key.json`, its plugin
-/// directory `/run/docker/plugins`), unless they were there before.
+/// directory `/run/docker/plugins`, the parent cgroup `docker` of its containers in every
+/// controller), unless they were there before.
 #[derive(Debug)]
 pub struct DockerdFiles {
     key_json_before: bool,
     run_docker_before: bool,
+    cgroups_before: Vec<PathBuf>,
+}
+
+/// `/sys/fs/cgroup/*/docker` (cgroup v1) and `/sys/fs/cgroup/docker` (v2) that exist.
+fn docker_cgroups() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|controller| controller.path().join("docker"))
+        .collect();
+    dirs.push(PathBuf::from("/sys/fs/cgroup/docker"));
+    dirs.retain(|d| d.is_dir());
+    dirs
 }
 
 impl DockerdFiles {
@@ -271,6 +286,7 @@ impl DockerdFiles {
         DockerdFiles {
             key_json_before: Path::new("/etc/docker/key.json").exists(),
             run_docker_before: Path::new("/run/docker").exists(),
+            cgroups_before: docker_cgroups(),
         }
     }
 }
@@ -289,6 +305,10 @@ impl Drop for DockerdFiles {
         if !self.run_docker_before {
             let _ = fs::remove_dir("/run/docker/plugins");
             let _ = fs::remove_dir("/run/docker");
+        }
+        // Empty once docker removed its containers: a cgroup directory goes with rmdir.
+        for dir in docker_cgroups().into_iter().filter(|d| !self.cgroups_before.contains(d)) {
+            let _ = fs::remove_dir(dir);
         }
     }
 }

@@ -528,6 +528,16 @@ fn image_archives_in_images_are_served_from_the_bundles_registry() {
     write(&layout.join("index.json"), top.to_string());
     write(&layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#);
 
+    // The registry's own image (sealer's images/registry.tar) stays a file of the bundle.
+    docker_save(
+        &rootfs.join("images/registry.tar"),
+        "registry:2.7.1",
+        "amd64",
+        &[("registry", FILE, b"the registry\n", "")],
+        None,
+    );
+    let registry_tar = fs::read(rootfs.join("images/registry.tar")).unwrap();
+
     let (key, public) = keygen(dir, "release");
     let out = dir.join("dist");
     let build = |out: &Path| {
@@ -557,6 +567,8 @@ fn image_archives_in_images_are_served_from_the_bundles_registry() {
     // archive of another architecture's image and the image list stay.
     assert!(!to.join("images/saved.tar").exists() && !to.join("images/oci-app").exists());
     assert!(to.join("images/other-arch.tar").is_file() && to.join("images/shim/imageList").is_file());
+    assert_eq!(fs::read(to.join("images/registry.tar")).unwrap(), registry_tar, "kept as it was");
+    assert!(!listed.iter().any(|i| i.contains("registry")), "not imported: {listed:?}");
     assert!(!fs::read_dir(&out).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with('.')));
 
     // kubeferry's registry serves them to skopeo.

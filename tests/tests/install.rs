@@ -83,7 +83,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         format!(
             " 1. extract       [todo] unpack the verified rootfs into '{r}'\n \
              2. runtime       [todo] install containerd from {r}/cri/containerd.tar.gz into /usr/local/bin, pulling from sea.hub:5000, and start it\n \
-             3. registry      [todo] serve {r}/registry on sea.hub:5000 (sea.hub -> 127.0.0.1) as kubeferry-registry.service\n \
+             3. registry      [todo] serve {r}/registry on sea.hub:5000 (sea.hub -> 127.0.0.1) as kubeferry-registry.service, run by kubeferry's own read-only registry\n \
              4. kubernetes    [todo] put {r}/bin/* (kubeadm, kubelet, kubectl, ...) into /usr/bin, with the kubelet unit, kernel modules and sysctls, and enable the kubelet\n \
              5. kubeadm-init  [todo] render etc/kubeadm.yml into /etc/kubernetes/kubeadm-kubeferry.yaml, run kubeadm init --upload-certs (without kubeadm's preflight, and without CoreDNS unless registry/ holds it), copy admin.conf to /root/.kube/config\n \
              6. applications  [todo] apply {r}/manifests/**/*.yaml in order with kubectl, then run the image's ENTRYPOINT and CMD (from {r}/Kubefile)\n",

@@ -25,6 +25,9 @@ use crate::error::Result;
 use crate::host::Host;
 use crate::manifest::ImageConfig;
 
+/// sealer's script that starts the image's own registry.
+pub const INIT_REGISTRY_SCRIPT: &str = "scripts/init-registry.sh";
+
 /// A point of the lifecycle an image can hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
@@ -57,7 +60,7 @@ impl Hook {
         match self {
             Hook::Check => None,
             Hook::Init => Some("scripts/init.sh"),
-            Hook::InitRegistry => Some("scripts/init-registry.sh"),
+            Hook::InitRegistry => Some(INIT_REGISTRY_SCRIPT),
             Hook::Clean => Some("scripts/clean.sh"),
             Hook::CleanRegistry => Some("scripts/clean-registry.sh"),
         }

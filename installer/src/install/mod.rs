@@ -13,6 +13,7 @@ pub mod kubeadm_init;
 pub mod kubeadm_join;
 pub mod kubernetes;
 pub mod registry;
+pub mod registry_image;
 pub mod state;
 
 use std::fmt;
@@ -240,8 +241,49 @@ pub enum Outcome {
     Installed(Option<crate::kubeadm::JoinCommands>),
 }
 
-/// Computes the plan for a verified bundle, reading the state of an earlier run.
+/// Computes the plan for a verified bundle, reading the state of an earlier run. Which way the
+/// registry runs is said once the rootfs is extracted; [`plan_of_bundle`] says it before.
 pub fn plan(host: &dyn Host, verified: &Verified, config: &InstallConfig) -> Result<Plan> {
+    let rootfs = host.path(&config.rootfs_dir);
+    let registry_way = rootfs.is_dir().then(|| {
+        match hooks::find(hooks::Hook::InitRegistry, &rootfs, &verified.manifest.image) {
+            Some(hook) => format!("the image's init-registry hook ({})", hook.origin),
+            None => registry::Way::of_rootfs(&rootfs).describe(),
+        }
+    });
+    plan_with(host, verified, config, registry_way)
+}
+
+/// [`plan`], with the way the registry runs read from the bundle's index.
+pub fn plan_of_bundle(
+    host: &dyn Host,
+    bundle: &Bundle,
+    verified: &Verified,
+    config: &InstallConfig,
+) -> Result<Plan> {
+    let mut files = std::collections::HashSet::new();
+    for entry in bundle.entries(&verified.manifest) {
+        files.insert(entry?.path().to_string());
+    }
+    let hook = hooks::Hook::InitRegistry;
+    let registry_way =
+        if verified.manifest.image.labels.get(hook.label()).is_some_and(|v| !v.trim().is_empty()) {
+            format!("the image's init-registry hook (sealos LABEL {})", hook.label())
+        } else if files.contains(hooks::INIT_REGISTRY_SCRIPT) {
+            format!("the image's init-registry hook (sealer {})", hooks::INIT_REGISTRY_SCRIPT)
+        } else {
+            registry::Way::of(|p| files.contains(p)).describe()
+        };
+    plan_with(host, verified, config, Some(registry_way))
+}
+
+/// The plan, saying what runs the registry when `registry_way` tells it.
+fn plan_with(
+    host: &dyn Host,
+    verified: &Verified,
+    config: &InstallConfig,
+    registry_way: Option<String>,
+) -> Result<Plan> {
     let state = load_state(host, &verified.manifest.name)?.unwrap_or_default();
     let registry = format!("{}:{}", config.registry_domain, config.registry_port);
     let rootfs = config.rootfs_dir.display();
@@ -275,13 +317,17 @@ pub fn plan(host: &dyn Host, verified: &Verified, config: &InstallConfig) -> Res
                     config.registry_domain, config.registry_address
                 ),
                 StepId::Registry => format!(
-                    "serve {} on {registry} ({} -> {}) as {REGISTRY_UNIT_NAME}{}",
+                    "serve {} on {registry} ({} -> {}) as {REGISTRY_UNIT_NAME}{}{}",
                     match &config.registry_data {
                         Some(data) => format!("{} (filled from {rootfs}/registry)", data.display()),
                         None => format!("{rootfs}/registry"),
                     },
                     config.registry_domain,
                     config.registry_address,
+                    match &registry_way {
+                        Some(way) => format!(", run by {way}"),
+                        None => String::new(),
+                    },
                     match &config.registry_credentials {
                         Some(c) => format!(", to the user '{}' only", c.username),
                         None => String::new(),

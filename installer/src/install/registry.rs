@@ -1,7 +1,9 @@
 //! The registry step: the rootfs's `registry/` served on the registry domain as a systemd
-//! service, by the registry program the image ships in `bin/` (distribution's `registry` or
-//! Debian's `docker-registry`, with the image's `etc/registry_config.yml`) or else by
-//! kubeferry's own read-only registry (an installed copy of the stub); with Basic
+//! service, in the first [`Way`] the image allows: the registry image it ships in
+//! `images/registry.tar`, run in its container runtime ([`super::registry_image`]); the
+//! registry program it ships in `bin/` (distribution's `registry` or Debian's
+//! `docker-registry`); or else kubeferry's own read-only registry (an installed copy of the
+//! stub). The image's `etc/registry_config.yml` configures the first two; Basic
 //! authentication when credentials are set; and the registry domain in `/etc/hosts`.
 
 use std::collections::BTreeMap;
@@ -9,6 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::registry_image::{self, Container, Runtime};
 use super::{HOSTS_MARKER, InstallConfig, REGISTRY_BINARY, REGISTRY_UNIT, REGISTRY_UNIT_NAME};
 use crate::error::{Error, Result};
 use crate::host::{Host, copy_file, write_file};
@@ -108,6 +111,42 @@ pub fn shipped_registry(rootfs: &Path) -> Option<PathBuf> {
     SHIPPED_REGISTRIES.iter().map(|p| rootfs.join(p)).find(|p| p.is_file())
 }
 
+/// How the registry step serves `registry/`, chosen from what the rootfs holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// The image's registry image ([`registry_image::ARCHIVE`]) in the runtime the rootfs
+    /// ships; without a runtime tarball the image cannot be run, and the next way is taken.
+    Image(Runtime),
+    /// The image's registry program, one of [`SHIPPED_REGISTRIES`].
+    Program(&'static str),
+    /// kubeferry's own read-only registry.
+    Own,
+}
+
+impl Way {
+    /// The way for a rootfs that holds the relative paths for which `has` is true.
+    pub fn of(has: impl Fn(&str) -> bool) -> Way {
+        match Runtime::shipped(&has) {
+            Some(runtime) if has(registry_image::ARCHIVE) => Way::Image(runtime),
+            _ => SHIPPED_REGISTRIES.iter().find(|p| has(p)).map_or(Way::Own, |p| Way::Program(p)),
+        }
+    }
+
+    /// The way for the extracted rootfs at `rootfs`.
+    pub fn of_rootfs(rootfs: &Path) -> Way {
+        Way::of(|p| rootfs.join(p).is_file())
+    }
+
+    /// What runs the registry, for the plan: "the image's images/registry.tar in containerd".
+    pub fn describe(self) -> String {
+        match self {
+            Way::Image(runtime) => format!("the image's {} in {}", registry_image::ARCHIVE, runtime.name()),
+            Way::Program(program) => format!("the image's {program}"),
+            Way::Own => "kubeferry's own read-only registry".into(),
+        }
+    }
+}
+
 /// Maps the registry domain in /etc/hosts, writes the htpasswd file when credentials are set,
 /// and starts the registry service over `storage` (a path of this process, holding
 /// `docker/registry/v2`): the image's registry program when it ships one, else a copy of the
@@ -130,9 +169,14 @@ pub fn start(
         }
         None => None,
     };
-    let unit = match shipped_registry(rootfs) {
-        Some(program) => shipped_unit(host, rootfs, &program, storage, config, htpasswd.as_deref())?,
-        None => own_unit(host, bundle, storage, config, htpasswd.as_deref())?,
+    let way = Way::of_rootfs(rootfs);
+    host.log(&format!("the registry runs as {}", way.describe()));
+    let unit = match way {
+        Way::Image(runtime) => image_unit(host, runtime, rootfs, storage, config, htpasswd.as_deref())?,
+        Way::Program(program) => {
+            shipped_unit(host, rootfs, &rootfs.join(program), storage, config, htpasswd.as_deref())?
+        }
+        Way::Own => own_unit(host, bundle, storage, config, htpasswd.as_deref())?,
     };
     write_file(host, Path::new(REGISTRY_UNIT), unit.as_bytes(), 0o644)?;
     host.start_service(REGISTRY_UNIT_NAME)?;
@@ -175,6 +219,31 @@ fn own_unit(
         storage.display(),
         config.registry_port
     ))
+}
+
+/// The image's registry image, loaded into `runtime` and run there with the storage, the
+/// image's configuration and the htpasswd file bind-mounted, and the port and authentication
+/// set in the container's environment, which a distribution registry reads over its
+/// configuration file.
+fn image_unit(
+    host: &dyn Host,
+    runtime: Runtime,
+    rootfs: &Path,
+    storage: &Path,
+    config: &InstallConfig,
+    htpasswd: Option<&Path>,
+) -> Result<String> {
+    let image = registry_image::load(host, runtime, &rootfs.join(registry_image::ARCHIVE))?;
+    host.log(&format!("loaded the registry image {image} into {}", runtime.name()));
+    let image_config = Some(rootfs.join(IMAGE_REGISTRY_CONFIG)).filter(|p| p.is_file());
+    let container = Container {
+        image: &image,
+        storage,
+        port: config.registry_port,
+        config: image_config.as_deref(),
+        htpasswd,
+    };
+    Ok(registry_image::unit(host, runtime, &container))
 }
 
 /// The image's registry program, installed beside the Kubernetes executables, run with the
@@ -313,6 +382,21 @@ mod tests {
         assert_eq!((config.registry_domain.as_str(), config.registry_port), ("sea.hub", 5000));
         assert_eq!(config.registry_credentials, Some(Credentials::new("ops", "other").unwrap()));
         assert_eq!(config.registry_data, Some(PathBuf::from("/srv/registry")));
+    }
+
+    #[test]
+    fn the_registry_image_wins_when_the_rootfs_ships_a_runtime_to_run_it() {
+        let way = |paths: &[&str]| Way::of(|p| paths.contains(&p));
+        let image = registry_image::ARCHIVE;
+        assert_eq!(way(&[image, "cri/containerd.tar.gz", "bin/registry"]), Way::Image(Runtime::Containerd));
+        assert_eq!(way(&[image, "cri/docker.tar.gz"]), Way::Image(Runtime::Docker));
+        assert_eq!(way(&[image, "bin/docker-registry"]), Way::Program("bin/docker-registry"));
+        assert_eq!(way(&["cri/containerd.tar.gz"]), Way::Own);
+        assert_eq!(
+            way(&[image, "cri/containerd.tar.gz"]).describe(),
+            "the image's images/registry.tar in containerd"
+        );
+        assert_eq!(way(&["bin/registry"]).describe(), "the image's bin/registry");
     }
 
     #[test]
