@@ -7,13 +7,15 @@
 #   tests/e2e/guest-image.sh [DIR]     DIR: default $KUBEFERRY_VM_DIR or /var/tmp/kubeferry-vm
 #
 # Writes DIR/guest/{root.img,vmlinuz,initrd.img,inputs.sha256}. Needs root, debootstrap and
-# e2fsprogs; uses the host's configured Debian mirror.
+# e2fsprogs; uses the host's configured Debian mirror. $KUBEFERRY_VM_GUEST_EXTRA adds packages
+# (comma-separated), e.g. libdevmapper1.02.1, which Debian's dockerd is linked against.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 dir="${1:-${KUBEFERRY_VM_DIR:-/var/tmp/kubeferry-vm}}"
 out="$dir/guest"
 mirror="${KUBEFERRY_VM_MIRROR:-http://deb.debian.org/debian}"
 packages=systemd,systemd-sysv,udev,kmod,iptables,ebtables,ethtool,socat,conntrack,mount,iproute2,e2fsprogs,procps,linux-image-amd64
+packages="$packages${KUBEFERRY_VM_GUEST_EXTRA:+,$KUBEFERRY_VM_GUEST_EXTRA}"
 
 inputs="$( (cat "$0" "$here/guest/kubeferry-test.service"; echo "$mirror $packages") | sha256sum | cut -d' ' -f1)"
 if [ -f "$out/inputs.sha256" ] && [ "$(cat "$out/inputs.sha256")" = "$inputs" ] &&

@@ -43,7 +43,8 @@ collect() {
   journalctl -b --no-pager -u kubelet >"$R/journal-kubelet.txt" 2>&1
   journalctl -b --no-pager -u containerd >"$R/journal-containerd.txt" 2>&1
   journalctl -b --no-pager -u kubeferry-registry >"$R/journal-registry.txt" 2>&1
-  systemctl --no-pager status containerd kubelet kubeferry-registry >"$R/systemctl-status.txt" 2>&1
+  journalctl -b --no-pager -u docker >"$R/journal-docker.txt" 2>&1
+  systemctl --no-pager status containerd docker kubelet kubeferry-registry >"$R/systemctl-status.txt" 2>&1
   dmesg >"$R/dmesg.txt" 2>&1
   df -m / >"$R/df.txt" 2>&1
   free -m >"$R/free.txt" 2>&1
@@ -56,6 +57,7 @@ collect() {
   fi
   ctr -n k8s.io images ls >"$R/ctr-images.txt" 2>&1
   ctr -n k8s.io tasks ls >"$R/ctr-tasks.txt" 2>&1
+  command -v docker >/dev/null && docker ps -a >"$R/docker-ps.txt" 2>&1
   [ -d /var/log/pods ] && cp -a /var/log/pods "$R/pods-logs"
   sync
 }
@@ -71,6 +73,7 @@ console=/dev/ttyS0
 ( set +x
   while sleep 60; do
     { echo "== $(uptime_s) containers:"; ctr -n k8s.io tasks ls 2>&1 | tail -n +2
+      command -v docker >/dev/null && docker ps --format '{{.Names}} {{.Status}}' 2>&1
       [ -e /etc/kubernetes/admin.conf ] && kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes,pods -A --no-headers 2>&1 | tr -s ' ' 
       for f in /var/log/pods/*/*/*.log; do [ -f "$f" ] && echo "-- $f" && tail -n 2 "$f" | cut -c1-300; done
     } >"$console" 2>&1
@@ -103,10 +106,11 @@ if [ "$boot" = 1 ]; then
   # 3. Nothing of ours (or of Kubernetes') is on the guest before the install.
   present=""
   for p in /var/lib/kubeferry /usr/bin/kubeadm /usr/bin/kubelet /usr/bin/kubectl /usr/local/bin/containerd \
-           /usr/local/bin/runc /usr/bin/containerd /usr/sbin/runc /opt/cni /etc/kubernetes /etc/containerd; do
+           /usr/local/bin/runc /usr/bin/containerd /usr/sbin/runc /opt/cni /etc/kubernetes /etc/containerd \
+           /usr/local/bin/dockerd /etc/docker /var/lib/docker; do
     [ -e "$p" ] && present="$present $p"
   done
-  for c in containerd runc kubeadm kubelet kubectl ctr crictl; do command -v "$c" >/dev/null && present="$present $c"; done
+  for c in containerd runc kubeadm kubelet kubectl ctr crictl docker dockerd; do command -v "$c" >/dev/null && present="$present $c"; done
   if [ -z "$present" ]; then ok "clean-guest: nothing of ours installed"; else fail "clean-guest: found$present"; fi
   ls -la /test >"$R/test-disk.txt"
   fs_list >"$R/fs-before.txt"
@@ -273,16 +277,16 @@ if [ -s "$R/gone-after-purge.txt" ]; then
 else ok "purge-gone: nothing of the host's removed"; fi
 if sha256sum -c --quiet "$R/host-files-before.txt" >"$R/host-files-after.txt" 2>&1; then ok "purge-host-files: /etc/hosts, /etc/fstab, /etc/hostname as before"
 else fail "purge-host-files: $(tr '\n' ' ' <"$R/host-files-after.txt")"; fi
-for u in containerd kubelet kubeferry-registry; do
+for u in containerd docker kubelet kubeferry-registry; do
   systemctl is-active --quiet "$u" && fail "purge-units: $u still active"
 done
 # Forget where this script found them before: bash's hash table would still name removed files.
 hash -r
-left_commands=$(for c in kubeadm kubelet kubectl containerd ctr runc; do command -v "$c" || true; done)
+left_commands=$(for c in kubeadm kubelet kubectl containerd ctr runc docker dockerd; do command -v "$c" || true; done)
 printf '%s\n' "$left_commands" >"$R/commands-after.txt"
 if [ -n "$left_commands" ]; then
   fail "purge-commands: $(echo $left_commands)"
 else
-  ok "purge-commands: no kubeadm, kubelet, kubectl, containerd, ctr or runc on the PATH"
+  ok "purge-commands: no kubeadm, kubelet, kubectl, containerd, ctr, runc, docker or dockerd on the PATH"
 fi
 finish
