@@ -114,13 +114,8 @@ pub fn install(host: &dyn Host, rootfs: &Path, settings: &RuntimeSettings) -> Re
     write_file(host, Path::new(CONFIG), render_config(&template, host, settings)?.as_bytes(), 0o644)?;
     installed.files.push(CONFIG.into());
 
-    // The dockershim pulls with the credentials of the kubelet's root directory; only root
-    // reads them.
     if let Some(credentials) = &settings.credentials {
-        let auth = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", credentials.username, credentials.password));
-        let text = json!({ "auths": { &settings.registry: { "auth": auth } } });
-        write_file(host, Path::new(KUBELET_CREDENTIALS), format!("{text:#}\n").as_bytes(), 0o600)?;
+        write_kubelet_credentials(host, &settings.registry, credentials)?;
         installed.files.push(KUBELET_CREDENTIALS.into());
     }
 
@@ -143,6 +138,20 @@ pub fn install(host: &dyn Host, rootfs: &Path, settings: &RuntimeSettings) -> Re
     host.start_service(UNIT_NAME)?;
     wait_ready(host, READY_TIMEOUT)?;
     Ok(installed)
+}
+
+/// Writes the registry's credentials where the kubelet's dockershim reads them, its root
+/// directory; only root reads them. `kubeadm reset` empties that directory: the kubeadm steps
+/// write them again after it.
+pub fn write_kubelet_credentials(
+    host: &dyn Host,
+    registry: &str,
+    credentials: &crate::registry::Credentials,
+) -> Result<()> {
+    let auth = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", credentials.username, credentials.password));
+    let text = json!({ "auths": { registry: { "auth": auth } } });
+    write_file(host, Path::new(KUBELET_CREDENTIALS), format!("{text:#}\n").as_bytes(), 0o600)
 }
 
 /// Takes the image's `daemon.json` (or the default) and sets what the install owns: where

@@ -72,6 +72,7 @@ pub fn run(
         // Stopping disabled it; kubeadm init starts it.
         host.enable_service(KUBELET_UNIT_NAME)?;
     }
+    kubelet_credentials_after_reset(host, rootfs, config)?;
     let skip = skipped_phases(rootfs);
     let output = run_reporting(
         host,
@@ -189,6 +190,18 @@ pub fn rendered_configuration(
             .map_err(kubeadm_error("merge the kubeadm configuration", user))?;
     }
     Ok((rendered, values, source))
+}
+
+/// With docker, the registry's credentials for the kubelet's dockershim, written again:
+/// `kubeadm reset` (of a resumed init or join, or the user's) empties the kubelet's directory.
+pub fn kubelet_credentials_after_reset(host: &dyn Host, rootfs: &Path, config: &InstallConfig) -> Result<()> {
+    match &config.registry_credentials {
+        Some(credentials) if crate::cri::Runtime::of(rootfs) == crate::cri::Runtime::Docker => {
+            let registry = format!("{}:{}", config.registry_domain, config.registry_port);
+            crate::docker::write_kubelet_credentials(host, &registry, credentials)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Wraps a kubeadm configuration error with what was done and to which file.
@@ -322,6 +335,31 @@ kubeadm join 10.0.0.10:6443 --token abcdef.0123456789abcdef \\
         assert_eq!(socket(), crate::docker::DOCKERSHIM_SOCKET);
         std::fs::write(rootfs.join(crate::cri::TARBALL), "").unwrap();
         assert_eq!(socket(), kubeadm::CONTAINERD_SOCKET, "containerd wins when the image ships both");
+    }
+
+    #[test]
+    fn with_docker_the_kubelet_credentials_are_written_again_after_a_reset() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (rootfs, root) = (dir.path().join("rootfs"), dir.path().join("root"));
+        std::fs::create_dir_all(rootfs.join("cri")).unwrap();
+        std::fs::write(rootfs.join(crate::docker::TARBALL), "").unwrap();
+        let host = crate::host::PathsOnly(root.clone());
+        let file = root.join("var/lib/kubelet/config.json");
+        let mut config = InstallConfig::new("edge", "edge.run");
+        kubelet_credentials_after_reset(&host, &rootfs, &config).unwrap();
+        assert!(!file.exists(), "no credentials, no file");
+        config.registry_credentials = Some(crate::registry::Credentials::new("kubeferry", "s3cret").unwrap());
+        kubelet_credentials_after_reset(&host, &rootfs, &config).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        // base64("kubeferry:s3cret")
+        assert!(text.contains("\"sea.hub:5000\"") && text.contains("a3ViZWZlcnJ5OnMzY3JldA=="), "{text}");
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        // containerd reads its credentials from its own configuration.
+        std::fs::remove_file(&file).unwrap();
+        std::fs::write(rootfs.join(crate::cri::TARBALL), "").unwrap();
+        kubelet_credentials_after_reset(&host, &rootfs, &config).unwrap();
+        assert!(!file.exists());
     }
 
     #[test]

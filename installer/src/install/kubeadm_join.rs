@@ -40,6 +40,7 @@ pub fn run(
     if retry {
         host.log("kubeadm join started before and did not finish: kubeadm reset -f first");
         host.run(Command::new(&kubeadm).args(["reset", "-f"]))?;
+        super::kubeadm_init::kubelet_credentials_after_reset(host, rootfs, config)?;
     }
     // kubeadm's preflight is skipped for the reason kubeadm-init gives: kubeferry's has run.
     run_reporting(
