@@ -257,6 +257,20 @@ pub fn docker_tarball() -> &'static Path {
     })
 }
 
+/// Pulls `reference` with the `docker` the install put below `host`: refused without credentials,
+/// then pulled with the kubelet's `/var/lib/kubelet/config.json` as the client's configuration
+/// (copied into `client`). Gives `docker images` as "REPOSITORY:TAG DIGEST" lines.
+pub fn docker_pull_with_kubelet_credentials(host: &RootedHost, client: &Path, reference: &str) -> String {
+    use kubeferry_installer::docker::docker;
+    let (code, _, err) = run(docker(host).args(["pull", reference]));
+    assert_ne!(code, 0, "pulled without credentials");
+    assert!(err.contains("no basic auth credentials") || err.contains("unauthorized"), "{err}");
+    fs::create_dir_all(client).unwrap();
+    fs::copy(host.root.join("var/lib/kubelet/config.json"), client.join("config.json")).unwrap();
+    ok(docker(host).env("DOCKER_CONFIG", client).args(["pull", reference]));
+    ok(docker(host).args(["images", "--digests", "--format", "{{.Repository}}:{{.Tag}} {{.Digest}}"]))
+}
+
 /// Removes, when dropped, what dockerd 20.10 writes outside its configured directories
 /// whatever its configuration says (its trust key `/etc/docker/key.json`, its plugin
 /// directory `/run/docker/plugins`, the parent cgroup `docker` of its containers in every

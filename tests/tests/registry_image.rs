@@ -441,19 +441,7 @@ fn the_registry_image_runs_in_docker_and_asks_for_the_credentials() {
     let (status, head) = v2(addr, &format!("localhost:{port}"));
     assert_eq!(status, 401, "{head}");
     let reference = format!("localhost:{port}/library/app:v1");
-    let (code, _, stderr) = run(docker::docker(&host).args(["pull", &reference]));
-    assert_ne!(code, 0, "a pull without the credentials is refused");
-    assert!(stderr.contains("no basic auth credentials") || stderr.contains("unauthorized"), "{stderr}");
-    let client = tmp.path().join("client");
-    fs::create_dir_all(&client).unwrap();
-    fs::copy(host.root.join("var/lib/kubelet/config.json"), client.join("config.json")).unwrap();
-    ok(docker::docker(&host).env("DOCKER_CONFIG", &client).args(["pull", &reference]));
-    let images = ok(docker::docker(&host).args([
-        "images",
-        "--digests",
-        "--format",
-        "{{.Repository}}:{{.Tag}} {{.Digest}}",
-    ]));
+    let images = docker_pull_with_kubelet_credentials(&host, &tmp.path().join("client"), &reference);
     assert!(images.contains(&format!("{reference} {}", p.made.app.manifest.digest)), "{images}");
 
     // What uninstall does: the unit stopped, then the container removed.

@@ -247,21 +247,9 @@ fn docker_from_the_bundle_starts_and_pulls_through_the_bundled_registry() {
     // A pull without the credentials is refused; the kubelet's credentials file has them, and
     // docker pulls with them.
     let reference = format!("{registry}/library/app:v1");
-    let (code, _, err) = run(docker::docker(&host).args(["pull", &reference]));
-    assert_ne!(code, 0, "pulled without credentials");
-    assert!(err.contains("no basic auth credentials") || err.contains("unauthorized"), "{err}");
     let kubelet = root.join("var/lib/kubelet/config.json");
     assert_eq!(fs::metadata(&kubelet).unwrap().permissions().mode() & 0o777, 0o600);
-    let client = tmp.path().join("client");
-    fs::create_dir_all(&client).unwrap();
-    fs::copy(&kubelet, client.join("config.json")).unwrap();
-    ok(docker::docker(&host).env("DOCKER_CONFIG", &client).args(["pull", &reference]));
-    let images = ok(docker::docker(&host).args([
-        "images",
-        "--digests",
-        "--format",
-        "{{.Repository}}:{{.Tag}} {{.Digest}}",
-    ]));
+    let images = docker_pull_with_kubelet_credentials(&host, &tmp.path().join("client"), &reference);
     assert!(
         images.contains(&format!("{registry}/library/app:v1 {}", p.made.app.manifest.digest)),
         "{images}"
