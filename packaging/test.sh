@@ -3,7 +3,7 @@
 # missing, then `cargo test --workspace`, then the air-gapped VM test (the example cluster image
 # with real Kubernetes built from Debian's sources, its bundle installed, powered off twice in the
 # middle of the install, resumed, checked and purged in a VM that has no network device;
-# docs/airgap-vm.md).
+# docs/airgap-vm.md), with containerd, then again with docker as the runtime.
 #   packaging/test.sh                      the cargo tests, then the VM test (26 minutes on a
 #                                          fresh clone with 2 cores, measured; docs/benchmarks.md)
 #   packaging/test.sh --fast               only the cargo tests (about 10 minutes)
@@ -40,6 +40,15 @@ vm_test() {
   KUBEFERRY_ROOTFS="$PWD/$rootfs" KUBEFERRY_VM_DIR="${KUBEFERRY_VM_DIR:-$PWD/target/airgap-vm}" \
     tests/e2e/airgap-vm.sh
   echo "test.sh: the air-gapped VM test passed in $(( SECONDS - t0 )) s" >&2
+  # Again with docker as the runtime: the same image with Debian's docker.io in cri/, a guest
+  # with what Debian's dockerd needs of the host (libdevmapper; apparmor_parser, since the
+  # guest's kernel enforces AppArmor and docker loads a profile for every container).
+  t0=$SECONDS
+  rm -rf "$rootfs-docker"
+  packaging/example-rootfs/with-docker.sh "$rootfs" "$rootfs-docker"
+  KUBEFERRY_ROOTFS="$PWD/$rootfs-docker" KUBEFERRY_VM_DIR="${KUBEFERRY_VM_DIR:-$PWD/target/airgap-vm}-docker" \
+    KUBEFERRY_VM_GUEST_EXTRA=libdevmapper1.02.1,apparmor tests/e2e/airgap-vm.sh
+  echo "test.sh: the air-gapped VM test with docker passed in $(( SECONDS - t0 )) s" >&2
 }
 if [ "$cargo_tests" = 0 ]; then
   vm_test

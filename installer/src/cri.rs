@@ -304,6 +304,15 @@ impl Runtime {
         Runtime::shipped(|p| rootfs.join(p).is_file()).unwrap_or(Runtime::Containerd)
     }
 
+    /// The runtime of a bundle whose manifest names `cri` (the builder's facts): docker when
+    /// it says so, else containerd.
+    pub fn of_manifest(cri: Option<&str>) -> Runtime {
+        match cri {
+            Some("docker") => Runtime::Docker,
+            _ => Runtime::Containerd,
+        }
+    }
+
     /// The runtime's name, as `status` and the plan show it.
     pub fn name(self) -> &'static str {
         match self {

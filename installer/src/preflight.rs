@@ -82,6 +82,10 @@ pub struct Facts {
     pub tools_missing: BTreeSet<String>,
     /// Whether the host has a default route (else an address to advertise must be given).
     pub default_route: bool,
+    /// Whether the kernel enforces AppArmor (`/sys/module/apparmor/parameters/enabled`).
+    pub apparmor: bool,
+    /// Whether `apparmor_parser`, which loads AppArmor profiles, is on the PATH or in `/sbin`.
+    pub apparmor_parser: bool,
 }
 
 /// What the install needs of the host.
@@ -103,6 +107,9 @@ pub struct Requirements {
     pub min_memory_mib: u64,
     /// Minimum CPUs.
     pub min_cpus: usize,
+    /// Whether the runtime loads an AppArmor profile for its containers when the kernel
+    /// enforces AppArmor, with the host's `apparmor_parser` (docker's `docker-default`).
+    pub apparmor_profile: bool,
 }
 
 /// One thing the host lacks.
@@ -255,6 +262,15 @@ pub fn check(facts: &Facts, req: &Requirements) -> Vec<Finding> {
             format!("install them (Debian and Ubuntu: apt-get install {})", packages.join(" ")),
         );
     }
+    if req.apparmor_profile && facts.apparmor && !facts.apparmor_parser {
+        add(
+            "apparmor",
+            "the kernel enforces AppArmor and docker loads its containers' profile with \
+             apparmor_parser, which is not installed: no container would start"
+                .into(),
+            "install it (Debian and Ubuntu: apt-get install apparmor), or boot with apparmor=0".into(),
+        );
+    }
     if !facts.default_route && !req.advertise_address_given {
         add(
             "address",
@@ -395,6 +411,9 @@ impl Facts {
                 || read("/proc/net/ipv6_route")
                     .lines()
                     .any(|l| l.starts_with("00000000000000000000000000000000 00"));
+        let apparmor = read("/sys/module/apparmor/parameters/enabled").starts_with('Y');
+        let apparmor_parser = on_path("apparmor_parser")
+            || ["/sbin/apparmor_parser", "/usr/sbin/apparmor_parser"].iter().any(|p| Path::new(p).is_file());
         Facts {
             arch: Arch::from_kernel_name(&machine),
             machine,
@@ -412,6 +431,8 @@ impl Facts {
             free_bytes,
             tools_missing,
             default_route,
+            apparmor,
+            apparmor_parser,
         }
     }
 }
@@ -459,6 +480,8 @@ mod tests {
             free_bytes: [(PathBuf::from("/var/lib/kubeferry"), 10 << 30)].into(),
             tools_missing: BTreeSet::new(),
             default_route: true,
+            apparmor: true,
+            apparmor_parser: true,
         }
     }
 
@@ -472,6 +495,7 @@ mod tests {
             advertise_address_given: false,
             min_memory_mib: MIN_MEMORY_MIB,
             min_cpus: MIN_CPUS,
+            apparmor_profile: false,
         }
     }
 
@@ -538,6 +562,32 @@ mod tests {
         f.default_route = false;
         let mut req = requirements();
         req.advertise_address_given = true;
+        assert_eq!(check(&f, &req), vec![]);
+    }
+
+    #[test]
+    fn docker_under_apparmor_needs_apparmor_parser() {
+        let mut f = good_facts();
+        f.apparmor_parser = false;
+        let mut req = requirements();
+        // containerd runs its containers without a profile it must load.
+        assert_eq!(check(&f, &req), vec![]);
+        req.apparmor_profile = true;
+        assert_eq!(
+            check(&f, &req),
+            vec![Finding {
+                name: "apparmor".into(),
+                problem: "the kernel enforces AppArmor and docker loads its containers' profile with \
+                          apparmor_parser, which is not installed: no container would start"
+                    .into(),
+                remedy: "install it (Debian and Ubuntu: apt-get install apparmor), or boot with apparmor=0"
+                    .into(),
+            }]
+        );
+        f.apparmor = false;
+        assert_eq!(check(&f, &req), vec![]);
+        f.apparmor = true;
+        f.apparmor_parser = true;
         assert_eq!(check(&f, &req), vec![]);
     }
 

@@ -9,7 +9,8 @@
 #   packaging/example-rootfs/with-docker.sh SRC DST
 #
 # For the air-gapped VM test with docker (docs/airgap-vm.md): Debian's dockerd is linked
-# against libdevmapper, which the guest then needs (KUBEFERRY_VM_GUEST_EXTRA=libdevmapper1.02.1).
+# against libdevmapper, and docker loads an AppArmor profile with apparmor_parser where the kernel
+# enforces AppArmor: the guest needs both (KUBEFERRY_VM_GUEST_EXTRA=libdevmapper1.02.1,apparmor).
 set -euo pipefail
 if [ $# -ne 2 ] || [ -z "$1" ] || [ -z "$2" ]; then
   echo "usage: $0 SRC DST" >&2

@@ -287,10 +287,7 @@ fn plan_with(
     let state = load_state(host, &verified.manifest.name)?.unwrap_or_default();
     let registry = format!("{}:{}", config.registry_domain, config.registry_port);
     let rootfs = config.rootfs_dir.display();
-    let runtime = match verified.manifest.cri.as_deref() {
-        Some("docker") => cri::Runtime::Docker,
-        _ => cri::Runtime::Containerd,
-    };
+    let runtime = cri::Runtime::of_manifest(verified.manifest.cri.as_deref());
     if runtime == cri::Runtime::Docker {
         crate::docker::check_kubernetes_version(verified.manifest.kubernetes_version.as_deref())?;
     }
@@ -508,6 +505,7 @@ pub fn requirements(
         advertise_address_given: advertise_given,
         min_memory_mib: MIN_MEMORY_MIB,
         min_cpus: MIN_CPUS,
+        apparmor_profile: cri::Runtime::of_manifest(m.cri.as_deref()) == cri::Runtime::Docker,
     }
 }
 
