@@ -24,6 +24,8 @@ use serde_yaml_ng::Value;
 use crate::error::{Error, Result};
 use crate::reference::Reference;
 
+mod block;
+
 /// Files in `etc/` that hold the kubeadm configuration.
 const KUBEADM_FILES: [&str; 4] =
     ["etc/kubeadm.yml", "etc/kubeadm.yaml", "etc/kubeadm-config.yaml", "etc/kubeadm-config.yml"];
@@ -213,13 +215,25 @@ fn yaml_file(file: &Path, shown: &str, found: &mut Vec<(String, String)>) -> Res
     let mut documents = Documents { reader, next: Vec::new() };
     let mut number = 0;
     while let Some(document) = documents.next().map_err(Error::io("read", file))? {
-        if may_name_an_image(&document) {
-            number = scan_yaml_from(&document, shown, file, number, found)?;
-        } else {
+        if !may_name_an_image(&document) {
             number += 1;
+        } else if let Some(block::Found { name, images }) = block::scan(&document) {
+            number += 1;
+            add_places(shown, &name, images, found);
+        } else {
+            number = scan_yaml_from(&document, shown, file, number, found)?;
         }
     }
     Ok(())
+}
+
+/// Adds the images of a document named `name` (`KIND/NAME`, or empty), each with its field
+/// path, to `found` with their places.
+fn add_places(shown: &str, name: &str, images: Vec<(String, String)>, found: &mut Vec<(String, String)>) {
+    for (reference, at) in images {
+        let place = if name.is_empty() { at } else { format!("{name} {at}") };
+        found.push((reference, format!("{shown}: {place}")));
+    }
 }
 
 /// The YAML documents of a file, one at a time, so that what is read and parsed at once is a
@@ -314,12 +328,11 @@ fn scan_yaml_from(
             (Some(kind), None) => kind.clone(),
             _ => String::new(),
         };
-        for (reference, mut path) in scan.images {
+        let images = scan.images.into_iter().map(|(reference, mut path)| {
             path.reverse();
-            let at = path.join(".");
-            let place = if name.is_empty() { at } else { format!("{name} {at}") };
-            found.push((reference, format!("{shown}: {place}")));
-        }
+            (reference, path.join("."))
+        });
+        add_places(shown, &name, images.collect(), found);
     }
     Ok(number)
 }
@@ -366,6 +379,10 @@ impl<'de> serde::de::Visitor<'de> for ScanVisitor {
         Ok(Scan::default())
     }
     fn visit_unit<E>(self) -> std::result::Result<Scan, E> {
+        Ok(Scan::default())
+    }
+    fn visit_none<E>(self) -> std::result::Result<Scan, E> {
+        // An empty node, such as an item `-` with nothing after it.
         Ok(Scan::default())
     }
     fn visit_str<E>(self, text: &str) -> std::result::Result<Scan, E> {
