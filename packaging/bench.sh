@@ -81,7 +81,7 @@ missing=()
 for tool in zstd tar sha256sum sync gzip openssl awk find flock; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
-if ! /usr/bin/time --version 2>&1 | grep -q GNU; then missing+=("GNU time (/usr/bin/time)"); fi
+if ! /usr/bin/time --version 2>&1 | grep -e GNU >/dev/null; then missing+=("GNU time (/usr/bin/time)"); fi
 if (( ${#missing[@]} )); then
   say "error: missing: ${missing[*]} (Debian: apt-get install -y zstd time gzip openssl)"
   exit 1
@@ -417,7 +417,7 @@ if command -v jq >/dev/null; then
 fi
 composition="$(tr '\n' ' ' < "$work/rootfs.composition")"
 machine="$(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, $(df -PhT "$work" | awk 'NR == 2 {print $2 " on " $1}'), Linux $(uname -r)"
-versions="$(zstd --version | grep -o 'v[0-9.]*' | head -1), $(tar --version | head -1), $(sha256sum --version | head -1), GNU time $(dpkg-query -W -f='${Version}' time 2>/dev/null || /usr/bin/time --version 2>&1 | head -1)"
+versions="$(zstd --version | grep -o 'v[0-9.]*' | sed -n 1p), $(tar --version | sed -n 1p), $(sha256sum --version | sed -n 1p), GNU time $(dpkg-query -W -f='${Version}' time 2>/dev/null || /usr/bin/time --version 2>&1 | sed -n 1p)"
 commit="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet HEAD -- 2>/dev/null || echo ' (with uncommitted changes)')"
 
 {

@@ -44,7 +44,7 @@ if [ "$arch" = arm64 ] && [ "$(uname -m)" = x86_64 ]; then
   export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
   export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
   export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
-elif ! rustup target list --installed 2>/dev/null | grep -qx "$triple"; then
+elif ! rustup target list --installed 2>/dev/null | grep -x "$triple" >/dev/null; then
   echo "error: the Rust target $triple is not installed" >&2
   echo "hint: rustup target add $triple (and a C cross compiler for zstd)" >&2
   exit 1

@@ -61,7 +61,7 @@ quietly() {
   fi
 }
 
-if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+if ! dpkg --print-foreign-architectures | grep -x arm64 >/dev/null; then
   echo "cross-setup: adding the dpkg architecture arm64 (for libstd-rust-web-dev:arm64)"
   quietly dpkg --add-architecture arm64
 fi
@@ -94,4 +94,4 @@ fi
 quietly "${install[@]}"
 
 rustc_version="$(/usr/bin/rustc --version)"
-echo "cross-setup: done: $rustc_version, $(aarch64-linux-gnu-gcc --version | head -n1), $(qemu-aarch64-static --version | head -n1)"
+echo "cross-setup: done: $rustc_version, $(aarch64-linux-gnu-gcc --version | sed -n 1p), $(qemu-aarch64-static --version | sed -n 1p)"

@@ -49,7 +49,7 @@ need=()
 command -v minisign >/dev/null || need+=(minisign)
 command -v cc >/dev/null || need+=(gcc)
 # The stub is linked statically against glibc: libc.a comes with libc6-dev.
-dpkg-query -W -f='${Status}\n' libc6-dev 2>/dev/null | grep -q 'ok installed' || need+=(libc6-dev)
+dpkg-query -W -f='${Status}\n' libc6-dev 2>/dev/null | grep -e 'ok installed' >/dev/null || need+=(libc6-dev)
 for tool in cargo rustup apt-get dpkg-deb tar gzip sha256sum; do
   command -v "$tool" >/dev/null || { echo "error: '$tool' is needed" >&2; exit 1; }
 done

@@ -64,7 +64,7 @@ command -v tar >/dev/null || need+=(tar)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 # Debian's dockerd, which the docker runtime test runs, is linked against libdevmapper.
-ldconfig -p | grep -q 'libdevmapper\.so\.1\.02\.1 ' || need+=(libdevmapper1.02.1)
+ldconfig -p | grep -e 'libdevmapper\.so\.1\.02\.1 ' >/dev/null || need+=(libdevmapper1.02.1)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -90,7 +90,7 @@ if [ "${#ELF_F[@]}" -lt 8 ]; then
   exit 1
 fi
 pool_digest="$(for i in "${!ELF_F[@]}"; do printf '%s %s\n' "${ELF_S[i]}" "${ELF_F[i]}"; done | sha256sum | cut -c1-16)"
-made_from="elf_pool=${#ELF_F[@]}_files:$pool_digest gzip=$(gzip --version | head -1 | tr ' ' _)"
+made_from="elf_pool=${#ELF_F[@]}_files:$pool_digest gzip=$(gzip --version | sed -n 1p | tr ' ' _)"
 
 echo "generating $work/rootfs ($params $made_from)" >&2
 rm -rf "$work/rootfs" "$work/rootfs.tmp" "$work/rootfs.sha256" "$work/rootfs.params" "$work/rootfs.composition"

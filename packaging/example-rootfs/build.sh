@@ -370,7 +370,7 @@ build_images() {
     mkdir -p "$r/usr/local/bin"
     install -d -m 1777 "$r/tmp"
     install -m 0755 "$kbin/$name" "$r/usr/local/bin/$name"
-    if readelf -l "$r/usr/local/bin/$name" | grep -q 'program interpreter'; then
+    if readelf -l "$r/usr/local/bin/$name" | grep -e 'program interpreter' >/dev/null; then
       echo "'$kbin/$name' is not a static executable"
       return 1
     fi
@@ -790,7 +790,7 @@ main() {
   done
   if [ -e "$out" ]; then
     [ -d "$out" ] || die "'$out' exists and is not a directory"
-    if [ -n "$(ls -A "$out")" ] && ! head -n 1 "$out/README.md" 2>/dev/null | grep -qxF "$MARKER"; then
+    if [ -n "$(ls -A "$out")" ] && ! head -n 1 "$out/README.md" 2>/dev/null | grep -xF "$MARKER" >/dev/null; then
       die "'$out' is not empty and was not made by build.sh; not replacing it"
     fi
   fi

@@ -116,7 +116,7 @@ done
 say "image pause: /pause -v: $(chroot "$tmp/img/pause" /pause -v)"
 r="$tmp/img/etcd"
 say "image etcd: its loader runs etcd: $("$r/lib64/ld-linux-x86-64.so.2" --library-path "$r/lib/x86_64-linux-gnu" \
-  "$r/usr/local/bin/etcd" --version | head -n 1)"
+  "$r/usr/local/bin/etcd" --version | sed -n 1p)"
 chroot "$r" /usr/local/bin/etcd --data-dir /tmp/etcd-data --listen-client-urls http://127.0.0.1:23790 \
   --advertise-client-urls http://127.0.0.1:23790 --listen-peer-urls http://127.0.0.1:23800 \
   --initial-advertise-peer-urls http://127.0.0.1:23800 --initial-cluster default=http://127.0.0.1:23800 \

@@ -31,7 +31,7 @@ die() {
 ensure_packages() {
   local missing=() pkg
   for pkg in "$@"; do
-    dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -qx 'install ok installed' || missing+=("$pkg")
+    dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -x 'install ok installed' >/dev/null || missing+=("$pkg")
   done
   [ "${#missing[@]}" -gt 0 ] || return 0
   [ "$(id -u)" = 0 ] || die "these Debian packages are needed and not installed: ${missing[*]}" \

@@ -128,7 +128,7 @@ for boot in $(seq 1 "$boots"); do
   # The guest counts its boots on the test disk; it stops early when a check failed.
   done_boots=$(debugfs -R 'cat /boots' "$run/test.img" 2>/dev/null | tr -dc 0-9)
   [ "${done_boots:-0}" = "$boot" ] || { log "boot $boot did not run the test (it counted ${done_boots:-none})"; break; }
-  debugfs -R 'cat /results/failed' "$run/test.img" 2>/dev/null | grep -qx 1 && break
+  debugfs -R 'cat /results/failed' "$run/test.img" 2>/dev/null | grep -x 1 >/dev/null && break
 done
 vm_s=$(( $(date +%s) - t1 ))
 cat "$run"/console-*.log >"$run/console.log" 2>/dev/null || true
@@ -140,7 +140,7 @@ res="$run/out/results"
 echo
 echo "== air-gapped VM test ($accel; bundle $(basename "$bundle"), $(( $(stat -c %s "$bundle") / 1048576 )) MiB)"
 echo "guest image: ${image_s}s (built in $(cat "$g/build-seconds" 2>/dev/null || echo '?')s when last built); VM run: ${vm_s}s, ${boot} boot(s) (power-offs at: ${poweroff_at:-none}), last qemu exit $qrc"
-echo "guest root disk written: $(( $(qemu-img info --output=json "$run/root.qcow2" | sed -n 's/.*"actual-size": \([0-9]*\).*/\1/p' | head -1) / 1048576 )) MiB (overlay)"
+echo "guest root disk written: $(( $(qemu-img info --output=json "$run/root.qcow2" | sed -n 's/.*"actual-size": \([0-9]*\).*/\1/p' | sed -n 1p) / 1048576 )) MiB (overlay)"
 if [ ! -d "$res" ]; then
   echo "no results on the test disk: the test unit did not run. Console tail:"
   tail -40 "$run/console.log"
@@ -152,7 +152,7 @@ if [ -f "$res/timings" ]; then
 fi
 if [ -f "$res/install.out" ]; then
   echo "install progress (seconds since boot, line):"
-  grep -v '^\S* *$' "$res/install.out" | sed 's/^/  /' | head -40
+  grep -v '^\S* *$' "$res/install.out" | sed -n '1,40s/^/  /p'
 fi
 echo "checks:"
 sed 's/^/  /' "$res/checks" 2>/dev/null || echo "  (none recorded)"

@@ -125,7 +125,7 @@ if [ "$boot" = 1 ]; then
   ./"$BUNDLE" install "${install_args[@]}" --dry-run >"$R/plan.out" 2>&1
 fi
 
-install_log() { ls /var/lib/kubeferry/*/install.log 2>/dev/null | head -1; }
+install_log() { ls /var/lib/kubeferry/*/install.log 2>/dev/null | sed -n 1p; }
 log_lines() { local l; l=$(install_log); [ -n "$l" ] && wc -l <"$l" || echo 0; }
 
 # 5a. A power-off point for this boot: start the install, wait for the step to start, power off.
@@ -189,7 +189,7 @@ export KUBECONFIG=/root/.kube/config
 deadline=$(( $(date +%s) + READY_DEADLINE ))
 ready=0
 while [ "$(date +%s)" -lt "$deadline" ]; do
-  read -r st hb tr < <(kubectl get nodes -o jsonpath='{range .items[*].status.conditions[?(@.type=="Ready")]}{.status} {.lastHeartbeatTime} {.lastTransitionTime}{"\n"}{end}' 2>/dev/null | head -1)
+  read -r st hb tr < <(kubectl get nodes -o jsonpath='{range .items[*].status.conditions[?(@.type=="Ready")]}{.status} {.lastHeartbeatTime} {.lastTransitionTime}{"\n"}{end}' 2>/dev/null | sed -n 1p)
   if [ "${st:-}" = True ] && { [ "$(date -d "$hb" +%s 2>/dev/null || echo 0)" -ge "$install_end_epoch" ] ||
                                [ "$(date -d "$tr" +%s 2>/dev/null || echo 0)" -ge "$install_end_epoch" ]; }; then ready=1; break; fi
   sleep 5
