@@ -331,21 +331,32 @@ impl Runtime {
 }
 
 /// Empties containerd's Kubernetes namespace (`k8s.io`): its containers removed
-/// ([`remove_kubernetes_containers`]), every image too, then containerd restarted so that its
-/// CRI plugin forgets them. After a power cut, the images containerd had unpacked may hold empty
-/// files (unpacked snapshots are not synced), so they are pulled again from the bundled
-/// registry. Nothing to do when containerd does not answer.
+/// ([`remove_kubernetes_containers`]), every image and lease too, then containerd restarted so
+/// that its CRI plugin forgets them. After a power cut, the images containerd had unpacked may
+/// hold empty files (unpacked snapshots are not synced), and the content of a pull that was
+/// under way is recorded in containerd's database while its files may be lost: the pull's
+/// lease outlives the cut (for 24 hours) and keeps that record from the garbage collector, so
+/// every later pull of the image fails with "blob not found". With the images and leases gone,
+/// the collector removes it all and the images are pulled again from the bundled registry.
+/// Nothing to do when containerd does not answer.
 pub fn reset_kubernetes_namespace(host: &dyn Host, timeout: Duration) -> Result<()> {
     let Some(containers) = remove_kubernetes_containers(host, timeout)? else {
         return Ok(());
     };
     let images = quiet_list(host, "images")?;
+    let leases = quiet_list(host, "leases")?;
+    // The last removal waits for the garbage collection it starts (`--sync`).
     if !images.is_empty() {
-        host.run(k8s_ctr(host).args(["images", "remove", "--sync"]).args(&images))?;
+        let sync = leases.is_empty().then_some("--sync");
+        host.run(k8s_ctr(host).args(["images", "remove"]).args(sync).args(&images))?;
+    }
+    if !leases.is_empty() {
+        host.run(k8s_ctr(host).args(["leases", "delete", "--sync"]).args(&leases))?;
     }
     host.log(&format!(
-        "containerd's k8s.io namespace emptied: {containers} containers, {} images",
-        images.len()
+        "containerd's k8s.io namespace emptied: {containers} containers, {} images, {} leases",
+        images.len(),
+        leases.len()
     ));
     host.stop_service(UNIT_NAME)?;
     host.start_service(UNIT_NAME)?;

@@ -255,3 +255,123 @@ fn docker_from_the_bundle_starts_and_pulls_through_the_bundled_registry() {
         "{images}"
     );
 }
+
+/// Forwards connections to `upstream`. On a connection whose requests name `stall`, the
+/// responses stop after `keep` more bytes and the connection stays open: a transfer cut short
+/// but never closed, as when the host loses power in the middle of a pull.
+fn stalling_proxy(upstream: std::net::SocketAddr, stall: String, keep: usize) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let mut server = TcpStream::connect(upstream).unwrap();
+            let (mut client_out, mut server_in) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let seen = Arc::new(AtomicBool::new(false));
+            let stall = stall.clone();
+            let flag = seen.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 << 10];
+                while let Ok(n) = client.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if String::from_utf8_lossy(&buf[..n]).contains(&stall) {
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                    if server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 << 10];
+                let mut left = keep;
+                while let Ok(n) = server_in.read(&mut buf) {
+                    let n = if seen.load(Ordering::SeqCst) { n.min(left) } else { n };
+                    if seen.load(Ordering::SeqCst) {
+                        left -= n;
+                    }
+                    if n == 0 || client_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                // Hold the connection open, sending nothing more.
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                drop((client_out, server_in));
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_pull_cut_by_a_power_loss_is_forgotten_by_the_reset_and_pulled_again() {
+    use kubeferry_installer::registry::{Registry, RegistryConfig};
+    use kubeferry_tests::images::pushed;
+
+    let p = pushed();
+    let served = Registry::start(RegistryConfig {
+        root: p.storage.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 4,
+        users: None,
+    })
+    .unwrap();
+    let proxy = stalling_proxy(served.local_addr(), p.made.app.layer.digest.clone(), 100);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = extracted_example(tmp.path());
+    let host = RootedHost::new(&tmp.path().join("host"));
+    let settings = RuntimeSettings {
+        registry: served.local_addr().to_string(),
+        systemd_cgroup: false,
+        sandbox_image: None,
+        credentials: None,
+    };
+    cri::install_containerd(&host, &rootfs, &settings)
+        .unwrap_or_else(|e| panic!("{e:?}\ncontainerd:\n{}", host.service_log("containerd.service")));
+    let root = host.root.clone();
+    let ctr = || {
+        let mut cmd = Command::new(root.join("usr/local/bin/ctr"));
+        cmd.arg("--address").arg(root.join("run/containerd/containerd.sock")).args(["--namespace", "k8s.io"]);
+        cmd
+    };
+    let pull = |registry: String| {
+        let mut cmd = ctr();
+        cmd.args(["images", "pull", "--plain-http"]).arg(format!("{registry}/library/app:v1"));
+        cmd
+    };
+
+    // A pull whose layer never arrives: the manifest and the config are stored under the
+    // pull's lease. Then the power goes: the pull ends without its lease being released, and
+    // the stored files are lost while containerd's database still lists them.
+    let mut cut = pull(proxy.to_string()).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let blobs = root.join("var/lib/containerd/io.containerd.content.v1.content/blobs/sha256");
+    let config = blobs.join(p.made.app.config.digest.strip_prefix("sha256:").unwrap());
+    let start = std::time::Instant::now();
+    while !config.exists() {
+        assert!(start.elapsed().as_secs() < 60, "the config was never stored");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    cut.kill().unwrap();
+    cut.wait().unwrap();
+    assert!(!ok(ctr().args(["leases", "list", "--quiet"])).trim().is_empty(), "the pull's lease is left");
+    for blob in fs::read_dir(&blobs).unwrap() {
+        fs::remove_file(blob.unwrap().path()).unwrap();
+    }
+    let (code, _, stderr) = run(&mut pull(served.local_addr().to_string()));
+    assert!(code != 0 && stderr.contains("not found"), "a pull trusts the lost content: {stderr}");
+
+    cri::reset_kubernetes_namespace(&host, std::time::Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e:?}\ncontainerd:\n{}", host.service_log("containerd.service")));
+    ok(&mut pull(served.local_addr().to_string()));
+    assert_eq!(ok(ctr().args(["leases", "list", "--quiet"])).trim(), "", "the cut pull's lease is gone");
+    let images = ok(ctr().args(["images", "ls", "--quiet"]));
+    assert!(images.contains("library/app:v1"), "{images}");
+}

@@ -253,7 +253,7 @@ fn kubeadm_init_with_config_then_the_applications_with_the_images_cmd() {
     assert_eq!(kubeadm_calls, [init.as_str(), "kubeadm reset -f", init.as_str()]);
     let log = host.log_text();
     let retried = log
-        .find("kubeadm init started before and did not finish: its containers and images removed, kubeadm reset -f")
+        .find("kubeadm init started before and did not finish: its containers, images and leases removed, kubeadm reset -f")
         .expect("the retry is logged");
     // The kubelet is stopped (it would start the unfinished init's static pods again), then
     // enabled again for kubeadm init to start.

@@ -45,6 +45,23 @@ pub struct Bundled<'a> {
     pub kubernetes_version: Option<&'a str>,
 }
 
+/// Undoes what an unfinished `kubeadm init` or `join` (`what`) left. Its containers may run
+/// (the kubelet starts its static pods at boot): they hold the control plane's ports and etcd's
+/// data directory, and kubeadm reset removes them only through crictl. After a power cut the
+/// images unpacked for them may hold empty files, and a pull cut short leaves content that
+/// containerd lists but lost. So the kubelet is stopped and containerd's Kubernetes namespace
+/// emptied ([`cri::reset_kubernetes_namespace`]) before `kubeadm reset -f`.
+pub(super) fn reset_unfinished(host: &dyn Host, kubeadm: &Path, what: &str) -> Result<()> {
+    host.log(&format!(
+        "kubeadm {what} started before and did not finish: its containers, images and leases removed, kubeadm reset -f"
+    ));
+    host.stop_service(KUBELET_UNIT_NAME)?;
+    cri::reset_kubernetes_namespace(host, std::time::Duration::from_secs(60))?;
+    host.run(Command::new(kubeadm).args(["reset", "-f"]))?;
+    // Stopping disabled it; kubeadm starts it.
+    host.enable_service(KUBELET_UNIT_NAME)
+}
+
 /// Carries the step out. `retry`: an earlier run started `kubeadm init` and did not finish,
 /// so `kubeadm reset -f` runs first.
 pub fn run(
@@ -60,17 +77,7 @@ pub fn run(
     write_file(host, Path::new(CONFIG), rendered.as_bytes(), 0o600)?;
 
     if retry {
-        // The containers of the unfinished init may run (the kubelet starts its static pods at
-        // boot): they hold the control plane's ports and etcd's data directory, and kubeadm
-        // reset removes them only through crictl. After a power cut the images unpacked for
-        // them may hold empty files. So the kubelet is stopped and containerd's Kubernetes
-        // namespace emptied first.
-        host.log("kubeadm init started before and did not finish: its containers and images removed, kubeadm reset -f");
-        host.stop_service(KUBELET_UNIT_NAME)?;
-        cri::reset_kubernetes_namespace(host, std::time::Duration::from_secs(60))?;
-        host.run(Command::new(&kubeadm).args(["reset", "-f"]))?;
-        // Stopping disabled it; kubeadm init starts it.
-        host.enable_service(KUBELET_UNIT_NAME)?;
+        reset_unfinished(host, &kubeadm, "init")?;
     }
     kubelet_credentials_after_reset(host, rootfs, config)?;
     let skip = skipped_phases(rootfs);

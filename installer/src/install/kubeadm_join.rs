@@ -38,8 +38,7 @@ pub fn run(
 
     let kubeadm = host.path(&kubernetes_bin("kubeadm"));
     if retry {
-        host.log("kubeadm join started before and did not finish: kubeadm reset -f first");
-        host.run(Command::new(&kubeadm).args(["reset", "-f"]))?;
+        super::kubeadm_init::reset_unfinished(host, &kubeadm, "join")?;
         super::kubeadm_init::kubelet_credentials_after_reset(host, rootfs, config)?;
     }
     // kubeadm's preflight is skipped for the reason kubeadm-init gives: kubeferry's has run.
