@@ -10,6 +10,7 @@ use std::process::Command;
 use kubeferry_builder::pack::{Content, PackEntry, PackKind, Spec, pack};
 use kubeferry_installer::arch::Arch;
 use kubeferry_installer::keys::SecretKey;
+use kubeferry_installer::manifest::Codec;
 use kubeferry_installer::progress::Silent;
 use kubeferry_installer::reader::Bundle;
 use kubeferry_tests::*;
@@ -917,4 +918,86 @@ fn the_example_rootfs_as_an_arm64_bundle_carries_arm64_binaries() {
     // The amd64 bundle of the same rootfs carries the other architecture's binaries.
     let amd64 = executables(&example_rootfs().join("amd64"));
     assert!(amd64.iter().all(|(_, arch)| arch == &Ok(Arch::Amd64)), "{amd64:?}");
+}
+
+/// The bundle's chunks, each as (codec, its bytes in the file, its unpacked bytes).
+fn chunks_of(bundle: &Path) -> Vec<(Codec, Vec<u8>, Vec<u8>)> {
+    let manifest = Bundle::open(bundle).unwrap().manifest_unverified().unwrap();
+    let bytes = fs::read(bundle).unwrap();
+    let mut at = manifest.stub.size as usize;
+    let mut chunks = Vec::new();
+    for chunk in &manifest.payload.chunks {
+        let packed = bytes[at..at + chunk.size as usize].to_vec();
+        at += chunk.size as usize;
+        let unpacked = match chunk.codec {
+            Codec::Zstd => zstd::decode_all(&packed[..]).unwrap(),
+            Codec::Stored => packed.clone(),
+        };
+        assert_eq!(unpacked.len() as u64, chunk.unpacked_size);
+        chunks.push((chunk.codec, packed, unpacked));
+    }
+    chunks
+}
+
+#[test]
+fn machine_code_text_and_compressed_files_are_packed_apart_each_their_own_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let elf = fs::read("/usr/bin/bash").unwrap();
+    assert!(elf.starts_with(b"\x7fELF") && elf.len() > 64 << 10 && elf.len() < 2 << 20);
+    let mut gz = vec![0x1f, 0x8b];
+    gz.extend(noise(100_000, 3));
+    let text: String =
+        (0..6000).map(|i| format!("  - name: item-{i}\n    image: sea.hub:5000/app:{}\n", i % 7)).collect();
+    let small_elf = [b"\x7fELF".as_slice(), &noise(1000, 4)].concat();
+    let file = |path: &str, content: &[u8]| PackEntry {
+        path: path.into(),
+        kind: PackKind::File { mode: 0o755, linked: false, content: Content::Bytes(content.to_vec()) },
+    };
+    let entries = || {
+        vec![
+            file("bin/bash", &elf),
+            file("cri/x.tar.gz", &gz),
+            file("etc/a-tool", &small_elf),
+            file("etc/list.yaml", text.as_bytes()),
+        ]
+    };
+    let stub = fs::read(stub_bin()).unwrap();
+    let at_level = |data: &[u8], level| zstd::bulk::compress(data, level).unwrap();
+    // What docs/format.md gives for ELF files at the default level.
+    let code = |data: &[u8]| {
+        use zstd::zstd_safe::{CParameter, Strategy};
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        for p in [
+            CParameter::Strategy(Strategy::ZSTD_fast),
+            CParameter::WindowLog(21),
+            CParameter::HashLog(17),
+            CParameter::MinMatch(5),
+        ] {
+            c.set_parameter(p).unwrap();
+        }
+        c.compress(data).unwrap()
+    };
+
+    let spec = Spec::new("kinds", "1", Arch::Amd64);
+    let packed =
+        pack(&stub, entries().into_iter().map(Ok), 0, &spec, None, &tmp.path().join("a"), &Silent).unwrap();
+    let chunks = chunks_of(&packed.path);
+    let unpacked: Vec<&[u8]> = chunks.iter().map(|c| &c.2[..]).collect();
+    // A chunk holds one kind: the large ELF file alone; the small one goes with the text.
+    let lengths: Vec<usize> = unpacked.iter().map(|u| u.len()).collect();
+    let rest = [&small_elf[..], text.as_bytes()].concat();
+    assert!(unpacked == [&elf[..], &gz[..], &rest[..]], "chunks of {lengths:?} bytes");
+    assert_eq!(chunks[0].0, Codec::Zstd);
+    assert!(chunks[0].1 == code(&elf), "the ELF file is compressed with the machine code settings");
+    assert!(chunks[0].1 != at_level(&elf, 3), "and they are not level 3's");
+    assert!(chunks[1].0 == Codec::Stored && chunks[1].1 == gz, "the gzip stream is stored as it is");
+    assert!(chunks[2].0 == Codec::Zstd && chunks[2].1 == at_level(&rest, 3), "the rest is level 3");
+
+    // Another level applies to every compressed chunk alike.
+    let mut spec = Spec::new("kinds", "1", Arch::Amd64);
+    spec.level = 5;
+    let packed =
+        pack(&stub, entries().into_iter().map(Ok), 0, &spec, None, &tmp.path().join("b"), &Silent).unwrap();
+    let chunks = chunks_of(&packed.path);
+    assert!(chunks[0].1 == at_level(&elf, 5) && chunks[2].1 == at_level(&rest, 5));
 }
