@@ -56,7 +56,7 @@ enum Kind {
 }
 
 /// zstd's settings for machine code at the default level: the `fast` strategy with level 3's
-/// hash table and window and matches from 5 bytes. On ELF files it takes about 25% less CPU
+/// hash table and window and matches from 5 bytes. On ELF files it takes about 20% less CPU
 /// than level 3's `dfast` for output about 1.7% larger (docs/benchmarks.md); on text the
 /// same settings lose 6%, so text keeps level 3.
 fn code_parameters() -> [zstd::zstd_safe::CParameter; 4] {
