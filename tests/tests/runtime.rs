@@ -114,33 +114,45 @@ fn a_rootfs_without_a_runtime_tarball_is_refused_by_name() {
 /// containerd, configured by the install, pulls and unpacks an image through the bundled
 /// registry (kubeferry's own server over a storage directory written by docker-registry), with
 /// no other registry reachable.
-#[test]
-fn containerd_pulls_an_image_through_the_bundled_registry() {
-    use kubeferry_installer::registry::{Registry, RegistryConfig};
-    use kubeferry_tests::images::pushed;
+/// The test images served by kubeferry's registry, and the example rootfs's containerd
+/// installed in a test root with that registry as its mirror.
+struct WithRegistry {
+    pushed: kubeferry_tests::images::Pushed,
+    served: kubeferry_installer::registry::Registry,
+    _tmp: tempfile::TempDir,
+    host: RootedHost,
+}
 
-    let p = pushed();
+fn containerd_with_registry() -> WithRegistry {
+    use kubeferry_installer::registry::{Registry, RegistryConfig};
+
+    let pushed = kubeferry_tests::images::pushed();
     let served = Registry::start(RegistryConfig {
-        root: p.storage.clone(),
+        root: pushed.storage.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 4,
         users: None,
     })
     .unwrap();
-    let registry = served.local_addr().to_string();
-
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = extracted_example(tmp.path());
     let host = RootedHost::new(&tmp.path().join("host"));
     let settings = RuntimeSettings {
-        registry: registry.clone(),
+        registry: served.local_addr().to_string(),
         systemd_cgroup: false,
         sandbox_image: None,
         credentials: None,
     };
     cri::install_containerd(&host, &rootfs, &settings)
         .unwrap_or_else(|e| panic!("{e:?}\ncontainerd:\n{}", host.service_log("containerd.service")));
+    WithRegistry { pushed, served, _tmp: tmp, host }
+}
 
+#[test]
+fn containerd_pulls_an_image_through_the_bundled_registry() {
+    let w = containerd_with_registry();
+    let (p, host) = (&w.pushed, &w.host);
+    let registry = w.served.local_addr().to_string();
     let root = &host.root;
     let hosts =
         fs::read_to_string(root.join(format!("etc/containerd/certs.d/{registry}/hosts.toml"))).unwrap();
@@ -312,30 +324,9 @@ fn stalling_proxy(upstream: std::net::SocketAddr, stall: String, keep: usize) ->
 
 #[test]
 fn a_pull_cut_by_a_power_loss_is_forgotten_by_the_reset_and_pulled_again() {
-    use kubeferry_installer::registry::{Registry, RegistryConfig};
-    use kubeferry_tests::images::pushed;
-
-    let p = pushed();
-    let served = Registry::start(RegistryConfig {
-        root: p.storage.clone(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        threads: 4,
-        users: None,
-    })
-    .unwrap();
+    let w = containerd_with_registry();
+    let (p, host, served) = (&w.pushed, &w.host, &w.served);
     let proxy = stalling_proxy(served.local_addr(), p.made.app.layer.digest.clone(), 100);
-
-    let tmp = tempfile::tempdir().unwrap();
-    let rootfs = extracted_example(tmp.path());
-    let host = RootedHost::new(&tmp.path().join("host"));
-    let settings = RuntimeSettings {
-        registry: served.local_addr().to_string(),
-        systemd_cgroup: false,
-        sandbox_image: None,
-        credentials: None,
-    };
-    cri::install_containerd(&host, &rootfs, &settings)
-        .unwrap_or_else(|e| panic!("{e:?}\ncontainerd:\n{}", host.service_log("containerd.service")));
     let root = host.root.clone();
     let ctr = || {
         let mut cmd = Command::new(root.join("usr/local/bin/ctr"));
@@ -368,7 +359,7 @@ fn a_pull_cut_by_a_power_loss_is_forgotten_by_the_reset_and_pulled_again() {
     let (code, _, stderr) = run(&mut pull(served.local_addr().to_string()));
     assert!(code != 0 && stderr.contains("not found"), "a pull trusts the lost content: {stderr}");
 
-    cri::reset_kubernetes_namespace(&host, std::time::Duration::from_secs(60))
+    cri::reset_kubernetes_namespace(host, std::time::Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e:?}\ncontainerd:\n{}", host.service_log("containerd.service")));
     ok(&mut pull(served.local_addr().to_string()));
     assert_eq!(ok(ctr().args(["leases", "list", "--quiet"])).trim(), "", "the cut pull's lease is gone");
