@@ -216,8 +216,10 @@ struct BuildArgs {
     /// The Kubernetes version, when the rootfs's kubeadm configuration does not say it.
     #[arg(long)]
     kubernetes_version: Option<String>,
-    /// zstd compression level.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    /// zstd compression level. At the default, ELF files (executables, libraries) are
+    /// compressed with zstd's fast strategy and level 3's tables: about 20% less CPU time for
+    /// 1.7% more bytes (docs/format.md)
+    #[arg(long, default_value_t = pack::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
     level: i32,
     /// Compression threads [default: one per core, at most 4]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]

@@ -41,8 +41,9 @@ const KIND_MIN_LEN: u64 = 64 << 10;
 const COMPRESSED_MAGICS: [&[u8]; 4] = [&[0x1f, 0x8b], &[0x28, 0xb5, 0x2f, 0xfd], b"\xfd7zXZ\0", b"BZh"];
 /// Leading bytes of an ELF file: executables and shared libraries.
 const ELF_MAGIC: &[u8] = b"\x7fELF";
-/// The level at which machine code gets [`code_parameters`].
-const DEFAULT_LEVEL: i32 = 3;
+/// The zstd level a build uses unless told otherwise; at it, machine code gets
+/// [`code_parameters`].
+pub const DEFAULT_LEVEL: i32 = 3;
 
 /// What a file holds, as far as packing cares: a chunk holds files of one kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +223,7 @@ impl Spec {
             image: ImageConfig::default(),
             images: Vec::new(),
             mtime: 0,
-            level: 3,
+            level: DEFAULT_LEVEL,
             jobs: 0,
             cancel: None,
         }
