@@ -569,6 +569,8 @@ pub fn open_bundle(
 ///   and `var/lib/kubelet/config.yaml`; prints kubeadm 1.20's closing text with its two join
 ///   commands. Exits 1 when FILE contains `standin-fail`; when it contains `standin-slow`, prints
 ///   a line and waits 2.5 s before it goes on, as a control plane coming up does.
+/// - `join --config FILE ...`: records; writes a fake `kubelet.conf`, `pki/ca.crt` and kubelet
+///   configuration. Exits 1, once, when `ROOT.logs/standin-fail-join-once` exists (and removes it).
 /// - `reset -f`: records; deletes what `init` wrote, as kubeadm reset does (pki and etcd's data
 ///   too).
 /// - `version -o short`: `v1.20.2`.
@@ -634,6 +636,11 @@ OUT
       prev="$arg"
     done
     cp "$config" "$logs/kubeadm-join.yaml"
+    if [ -e "$logs/standin-fail-join-once" ]; then
+      rm "$logs/standin-fail-join-once"
+      echo "error execution phase kubelet-start: timed out waiting for the condition" >&2
+      exit 1
+    fi
     mkdir -p "$root/etc/kubernetes/pki" "$root/var/lib/kubelet"
     printf 'apiVersion: v1\nkind: Config\n# stand-in kubelet.conf\n' >"$root/etc/kubernetes/kubelet.conf"
     echo "stand-in CA" >"$root/etc/kubernetes/pki/ca.crt"

@@ -336,9 +336,23 @@ fn a_worker_joins_with_the_rendered_join_configuration_and_pulls_from_the_first_
     let names: Vec<&str> = plan.steps.iter().map(|s| s.id.name()).collect();
     assert_eq!(names, ["extract", "runtime", "registry", "kubernetes", "kubeadm-join"]);
 
+    // The first join fails (the stand-in's); the next run resets what it left, then joins.
+    fs::create_dir_all(tmp.path().join("host.logs")).unwrap();
+    fs::write(tmp.path().join("host.logs/standin-fail-join-once"), "").unwrap();
+    let err = install::run(&host, &bundle, &verified, &config, &Silent).unwrap_err();
+    assert!(
+        err.to_string().ends_with("error execution phase kubelet-start: timed out waiting for the condition"),
+        "{err}"
+    );
+    assert_eq!(install::load_state(&host, "example").unwrap().unwrap().running, Some(StepId::KubeadmJoin));
     let outcome = install::run(&host, &bundle, &verified, &config, &Silent)
         .unwrap_or_else(|e| panic!("{e}\n{}", host.log_text()));
     assert_eq!(outcome, Outcome::Installed(None));
+    let log = host.log_text();
+    let retried = log
+        .find("kubeadm join started before and did not finish: its containers, images and leases removed, kubeadm reset -f")
+        .expect("the retry is logged");
+    assert!(log[retried..].contains("enabled kubelet.service"), "{log}");
     let hosts = fs::read_to_string(host.root.join("etc/hosts")).unwrap();
     assert!(hosts.contains("10.0.0.10 sea.hub # added by kubeferry"), "{hosts}");
     assert!(!host.root.join("etc/systemd/system/kubeferry-registry.service").exists(), "no registry here");
@@ -347,7 +361,8 @@ fn a_worker_joins_with_the_rendered_join_configuration_and_pulls_from_the_first_
         "kubeadm join --config {} --skip-phases=preflight",
         host.root.join("etc/kubernetes/kubeadm-kubeferry-join.yaml").display()
     );
-    assert!(calls.lines().any(|l| l == join_call), "{calls}");
+    let kubeadm_calls: Vec<&str> = calls.lines().filter(|l| l.starts_with("kubeadm ")).collect();
+    assert_eq!(kubeadm_calls, [join_call.as_str(), "kubeadm reset -f", join_call.as_str()]);
     let joined = fs::read_to_string(tmp.path().join("host.logs/kubeadm-join.yaml")).unwrap();
     for want in [
         "kind: JoinConfiguration",
