@@ -13,7 +13,8 @@
 //!    tree, normalise metadata, and read what the rootfs says of itself ([`collect::facts`]).
 //! 2. [`stub`]: find the static installer stub for the architecture and check its ELF header.
 //! 3. [`pack`]: write the stub, the payload in independently compressed chunks, the manifest,
-//!    the signature and the trailer in one pass, with `.sha256` and `.minisig` files beside.
+//!    the signature and the trailer in one pass, with `.sha256` and `.minisig` files beside;
+//!    [`direct`] writes it past the page cache.
 //! 4. [`sign`]: sign a bundle that was built unsigned, on the machine that holds the key.
 //!
 //! Libraries never print: progress goes through [`kubeferry_installer::progress::Reporter`].
@@ -21,6 +22,7 @@
 pub mod archive;
 pub mod base;
 pub mod collect;
+pub mod direct;
 pub mod error;
 pub mod flatten;
 pub mod images;

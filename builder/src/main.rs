@@ -505,7 +505,7 @@ struct FoundImages {
     /// Those its registry/ holds, and the tags it holds that nothing names.
     records: Vec<ImageRecord>,
     /// Those it names and does not hold, with the places that name them.
-    missing: Vec<(Reference, Vec<String>)>,
+    missing: Vec<(String, Vec<String>)>,
 }
 
 /// Finds the images the tree of `layers` names for `arch`, and which of them its registry/
@@ -517,7 +517,9 @@ fn find_images(layers: &[collect::Layer], arch: Arch) -> Result<FoundImages, Err
     let mut records = Vec::new();
     // The tags of registry/ that a reference of the rootfs names.
     let mut named = std::collections::BTreeSet::new();
-    let mut missing = Vec::new();
+    // Kept as found, canonical text: a large tree names tens of thousands of images, and
+    // this list lives while the payload is packed.
+    let mut missing = Vec::with_capacity(count);
     for (text, places) in found {
         let reference = Reference::parse(&text).map_err(PullError::from)?;
         if let Some(tag) = reference.tag() {
@@ -525,7 +527,7 @@ fn find_images(layers: &[collect::Layer], arch: Arch) -> Result<FoundImages, Err
         }
         match scan.stored.resolve(&reference) {
             Some(digest) => records.push(scan.stored.record(&text, reference.repository(), &digest)?),
-            None => missing.push((reference, places)),
+            None => missing.push((text, places)),
         }
     }
     for (repository, tag, digest) in scan.stored.tags() {
@@ -558,7 +560,6 @@ fn collect_images(
     }
     if !missing.is_empty() && args.no_pull {
         if !args.allow_missing_images {
-            let missing = missing.into_iter().map(|(r, places)| (r.to_string(), places)).collect();
             return Err(Error::MissingImages { arch, missing });
         }
         for (reference, places) in missing.iter().take(error::MISSING_SHOWN) {
@@ -584,14 +585,17 @@ fn collect_images(
         cleanup.push(dir.clone());
         let options = args.registries.options(vec![Platform::linux(arch.name())], args.pull_jobs)?;
         let puller = Puller::new(options)?;
-        let references: Vec<Reference> = missing.iter().map(|(r, _)| r.clone()).collect();
+        let references = missing
+            .iter()
+            .map(|(text, _)| Reference::parse(text).map_err(PullError::from))
+            .collect::<Result<Vec<_>, _>>()?;
         term.say(&format!("pulling {} images for {arch}", references.len()));
         let start = std::time::Instant::now();
         let pulled = puller.pull(&references, &dir, term).map_err(|e| {
             let named_in = e
                 .reference()
-                .and_then(|r| missing.iter().find(|(m, _)| m.to_string() == r))
-                .map(|(r, places)| (r.to_string(), places.join("; ")));
+                .and_then(|r| missing.iter().find(|(m, _)| m == r))
+                .map(|(r, places)| (r.clone(), places.join("; ")));
             match named_in {
                 Some((reference, named_in)) => Error::ImagePull { reference, named_in, source: Box::new(e) },
                 None => Error::from(e),

@@ -31,6 +31,7 @@ use kubeferry_installer::reader::{SignatureSection, signed_message};
 use kubeferry_installer::trailer::Trailer;
 use sha2::{Digest as _, Sha256};
 
+use crate::direct::DirectFile;
 use crate::error::{Error, Result};
 
 /// Unpacked length of a payload chunk.
@@ -311,6 +312,7 @@ pub fn pack_payload(
     fs::create_dir_all(out_dir).map_err(Error::io("create", out_dir))?;
     let path = out_dir.join(spec.file_name());
     let mut out = Output::create(&path)?;
+    let buffers = out.buffers.clone();
 
     out.write(stub)?;
     let stub_blob = Blob { size: stub.len() as u64, digest: Digest::of(stub) };
@@ -325,6 +327,7 @@ pub fn pack_payload(
         stop,
         current: None,
         pending: None,
+        buffers: buffers.clone(),
     };
     let mut chunks = Vec::new();
     let (mut payload_size, mut payload_unpacked) = (0u64, 0u64);
@@ -332,7 +335,7 @@ pub fn pack_payload(
     pipeline::ordered(
         workers,
         || producer.next_chunk(),
-        |(kind, data)| Ok(pack_chunk(kind, data, spec.level)),
+        |(kind, data)| Ok(pack_chunk(kind, data, spec.level, &buffers)),
         |(chunk, packed, unpacked): (Chunk, Vec<u8>, u64)| {
             out.write_owned(packed)?;
             payload_size += chunk.size;
@@ -408,8 +411,8 @@ pub fn signer_of(key: &SecretKey) -> Signer {
 }
 
 /// Compresses a chunk, or stores it when it is compressed already or compression does not
-/// make it smaller.
-fn pack_chunk(kind: Kind, data: Vec<u8>, level: i32) -> (Chunk, Vec<u8>, u64) {
+/// make it smaller. The buffer it does not return goes back to `buffers`.
+fn pack_chunk(kind: Kind, data: Vec<u8>, level: i32, buffers: &Buffers) -> (Chunk, Vec<u8>, u64) {
     let unpacked = data.len() as u64;
     type Kept = Option<((Kind, i32), zstd::bulk::Compressor<'static>)>;
     thread_local! {
@@ -432,11 +435,21 @@ fn pack_chunk(kind: Kind, data: Vec<u8>, level: i32) -> (Chunk, Vec<u8>, u64) {
                 *kept = compressor.and_then(|c| configure(c, settings)).map(|c| (settings, c));
             }
             let (_, compressor) = kept.as_mut()?;
-            compressor.compress(&data).ok().filter(|z| z.len() < data.len())
+            let mut z = buffers.take();
+            match compressor.compress_to_buffer(&data, &mut z) {
+                Ok(n) if n < data.len() => Some(z),
+                _ => {
+                    buffers.give(z);
+                    None
+                }
+            }
         })
     });
     let (codec, bytes) = match packed {
-        Some(z) => (Codec::Zstd, z),
+        Some(z) => {
+            buffers.give(data);
+            (Codec::Zstd, z)
+        }
         None => (Codec::Stored, data),
     };
     let chunk =
@@ -492,6 +505,7 @@ struct ChunkProducer<'a, I, W: Write> {
     /// A file that starts the next chunk because it is not of the current chunk's kind: its
     /// record, its content and its kind.
     pending: Option<(Entry, Option<Content>, Kind)>,
+    buffers: Buffers,
 }
 
 impl<I: Iterator<Item = Result<PackEntry>>, W: Write> ChunkProducer<'_, I, W> {
@@ -499,7 +513,7 @@ impl<I: Iterator<Item = Result<PackEntry>>, W: Write> ChunkProducer<'_, I, W> {
         if [self.cancel, self.stop].into_iter().flatten().any(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::Interrupted);
         }
-        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_LEN);
+        let mut buf = self.buffers.take();
         let mut class = self.current.as_ref().map(|r| r.kind);
         loop {
             if self.current.is_none() {
@@ -563,9 +577,51 @@ impl<I: Iterator<Item = Result<PackEntry>>, W: Write> ChunkProducer<'_, I, W> {
             }
         }
         if buf.is_empty() {
+            self.buffers.give(buf);
             return Ok(None);
         }
         Ok(Some((class.unwrap_or(Kind::Other), buf)))
+    }
+}
+
+/// The buffers of chunks, taken again rather than freed: every one has room for a chunk or
+/// its compressed form at worst, so that a build allocates a few of them, at most as many as
+/// are in flight at once, and its heap does not fragment over a long build. The producer
+/// takes one for each chunk; a worker takes one for the compressed bytes and gives back the
+/// one it does not return; the hashing thread gives back what was written.
+#[derive(Clone, Debug, Default)]
+struct Buffers {
+    free: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// How many were ever made.
+    made: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Buffers {
+    /// The capacity of every buffer.
+    fn capacity() -> usize {
+        zstd::zstd_safe::compress_bound(CHUNK_LEN)
+    }
+
+    /// An empty buffer.
+    fn take(&self) -> Vec<u8> {
+        match self.free.lock().ok().and_then(|mut free| free.pop()) {
+            Some(buffer) => buffer,
+            None => {
+                self.made.fetch_add(1, Ordering::Relaxed);
+                Vec::with_capacity(Buffers::capacity())
+            }
+        }
+    }
+
+    /// Keeps `buffer` for a later [`Buffers::take`]; one of another size is freed.
+    fn give(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() != Buffers::capacity() {
+            return;
+        }
+        buffer.clear();
+        if let Ok(mut free) = self.free.lock() {
+            free.push(buffer);
+        }
     }
 }
 
@@ -573,10 +629,12 @@ impl<I: Iterator<Item = Result<PackEntry>>, W: Write> ChunkProducer<'_, I, W> {
 struct Output {
     path: PathBuf,
     partial: PathBuf,
-    file: Option<std::io::BufWriter<File>>,
+    file: Option<DirectFile>,
     hasher: Option<Hasher>,
     len: u64,
     flusher: Option<Flusher>,
+    /// Where the hashing thread gives back the buffers it is done with.
+    buffers: Buffers,
 }
 
 /// The whole output's digests, SHA-256 for the `.sha256` file and BLAKE2b-512 for the minisign
@@ -593,13 +651,14 @@ struct Hasher {
 const HASH_QUEUE: usize = 2;
 
 impl Hasher {
-    fn start() -> Hasher {
+    fn start(done: Buffers) -> Hasher {
         let (buffers, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(HASH_QUEUE);
         let thread = std::thread::spawn(move || {
             let (mut sha256, mut blake2b) = (Sha256::new(), FileDigest::new());
             for bytes in rx {
                 sha256.update(&bytes);
                 blake2b.update(&bytes);
+                done.give(bytes);
             }
             (sha256, blake2b)
         });
@@ -644,7 +703,7 @@ impl Flusher {
         Some(Flusher { ticks, thread, since: 0 })
     }
 
-    /// Counts `n` bytes written (and flushed to the kernel); ticks when enough are.
+    /// Counts `n` bytes written; ticks when enough are.
     fn wrote(&mut self, n: u64) -> bool {
         self.since += n;
         self.since >= FLUSH_EVERY
@@ -671,14 +730,18 @@ impl Output {
             .mode(0o755)
             .open(&partial)
             .map_err(Error::io("create", &partial))?;
-        let flusher = Flusher::start(&file);
+        let file = DirectFile::new(file);
+        let buffers = Buffers::default();
+        // Direct writes are on the disk once written; ordinary ones are synced as they go.
+        let flusher = if file.is_direct() { None } else { Flusher::start(file.file()) };
         Ok(Output {
             path: path.to_path_buf(),
             partial,
-            file: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
-            hasher: Some(Hasher::start()),
+            file: Some(file),
+            hasher: Some(Hasher::start(buffers.clone())),
             len: 0,
             flusher,
+            buffers,
         })
     }
 
@@ -705,7 +768,6 @@ impl Output {
             if let Some(flusher) = self.flusher.as_mut()
                 && flusher.wrote(bytes.len() as u64)
             {
-                file.flush().map_err(Error::io("write", &self.partial))?;
                 flusher.tick();
             }
         }
@@ -747,7 +809,7 @@ impl Output {
     /// `.minisig` files beside it.
     fn commit(mut self, file_name: &str, key: Option<&SecretKey>, manifest: Manifest) -> Result<Packed> {
         if let Some(file) = self.file.take() {
-            let file = file.into_inner().map_err(|e| Error::io("write", &self.partial)(e.into_error()))?;
+            let file = file.finish().map_err(Error::io("write", &self.partial))?;
             if let Some(flusher) = self.flusher.take() {
                 flusher.stop();
             }
@@ -810,4 +872,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let partial = partial_path(path);
     fs::write(&partial, bytes).map_err(Error::io("write", &partial))?;
     fs::rename(&partial, path).map_err(Error::io("rename into place", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_given_back_are_taken_again_and_others_are_freed() {
+        let buffers = Buffers::default();
+        let mut first = buffers.take();
+        first.extend_from_slice(b"chunk");
+        let at = first.as_ptr();
+        buffers.give(first);
+        let again = buffers.take();
+        assert!(again.is_empty(), "a buffer is taken empty");
+        assert_eq!(again.as_ptr(), at, "the buffer given back is the one taken");
+        let second = buffers.take();
+        assert_eq!(buffers.made.load(Ordering::Relaxed), 2);
+        buffers.give(Vec::with_capacity(10));
+        assert_eq!(
+            buffers.free.lock().map(|f| f.len()).unwrap_or(9),
+            0,
+            "a buffer of another size is not kept"
+        );
+        buffers.give(again);
+        buffers.give(second);
+        let _ = (buffers.take(), buffers.take());
+        assert_eq!(buffers.made.load(Ordering::Relaxed), 2, "no buffer is made while one is free");
+    }
 }
