@@ -4,7 +4,7 @@
 # with real Kubernetes built from Debian's sources, its bundle installed, powered off twice in the
 # middle of the install, resumed, checked and purged in a VM that has no network device;
 # docs/airgap-vm.md), with containerd, then again with docker as the runtime.
-#   packaging/test.sh                      the cargo tests, then the VM tests (37 minutes in all
+#   packaging/test.sh                      the cargo tests, then the VM tests (37-39 minutes in all
 #                                          on a fresh clone with 2 cores, measured; docs/benchmarks.md)
 #   packaging/test.sh --fast               only the cargo tests (about 10 minutes)
 #   packaging/test.sh --vm                 only the VM test
