@@ -586,7 +586,7 @@ impl<I: Iterator<Item = Result<PackEntry>>, W: Write> ChunkProducer<'_, I, W> {
 
 /// The buffers of chunks, taken again rather than freed: every one has room for a chunk or
 /// its compressed form at worst, so that a build allocates a few of them, at most as many as
-/// are in flight at once, and its heap does not fragment over a long build. The producer
+/// are in flight at once, whatever the number of chunks. The producer
 /// takes one for each chunk; a worker takes one for the compressed bytes and gives back the
 /// one it does not return; the hashing thread gives back what was written.
 #[derive(Clone, Debug, Default)]
